@@ -1,1 +1,364 @@
-//! placeholder
+//! Lamina's Lambda control-plane HTTP API.
+//!
+//! The router is REST-JSON exactly as the service model (`botocore/data/lambda/2015-03-31`)
+//! lays it out: several date prefixes share one server (`/2015-03-31/functions`,
+//! `/2016-08-19/account-settings`, `/2017-03-31/tags`). Each handler parses its request
+//! into a typed value, hands it to the [`service::ControlPlane`] on the blocking pool and
+//! turns the result into JSON; failures become AWS error responses in [`error`].
+//! The router is built without a socket ([`router`]), so tests drive it directly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use lamina_model::NameShape;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod error;
+pub mod service;
+pub mod sigv4;
+
+pub use error::ApiError;
+pub use service::ControlPlane;
+
+/// AWS's request limit for operations that carry a zip (50 MB zipped, base64-encoded).
+pub const CODE_REQUEST_LIMIT: u64 = 70_167_211;
+/// The limit for every other control-plane body.
+pub const DEFAULT_REQUEST_LIMIT: u64 = 6_291_456;
+
+type Shared = Arc<ControlPlane>;
+
+/// The whole control-plane API over one [`ControlPlane`].
+pub fn router(control_plane: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route(
+            "/2015-03-31/functions",
+            post(create_function).get(list_functions),
+        )
+        .route(
+            "/2015-03-31/functions/",
+            post(create_function).get(list_functions),
+        )
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(get_function).delete(delete_function),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(get_function_configuration).put(update_function_configuration),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            axum::routing::put(update_function_code),
+        )
+        .route("/2016-08-19/account-settings", get(get_account_settings))
+        .route("/2016-08-19/account-settings/", get(get_account_settings))
+        .route(
+            "/2017-03-31/tags/{resource}",
+            get(list_tags).post(tag_resource).delete(untag_resource),
+        )
+        .route("/lamina/code/{file}", get(download_code))
+        .fallback(unknown_operation)
+        .layer(middleware::from_fn(sigv4::check_authorization))
+        .with_state(control_plane)
+}
+
+/// Runs a service call on the blocking pool: the service does SQLite and file I/O.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal {
+            detail: format!("request task failed: {e}"),
+        })?
+}
+
+/// The query string as name/value pairs; repeated names (`tagKeys=a&tagKeys=b`) are kept.
+fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| ApiError::MalformedBody {
+        detail: format!("query string: {e}"),
+    })
+}
+
+fn query_value(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Reads and parses a JSON body no larger than `limit`; an empty body reads as `{}`.
+async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    operation: &'static str,
+    limit: u64,
+) -> Result<T, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|size| size > limit) {
+        return Err(ApiError::BodyTooLarge {
+            operation,
+            size: declared,
+            limit,
+        });
+    }
+    let bytes = axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|_| ApiError::BodyTooLarge {
+            operation,
+            size: None,
+            limit,
+        })?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedBody {
+        detail: e.to_string(),
+    })
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        serde_json::to_string(value).expect("responses serialize"),
+    )
+        .into_response()
+}
+
+async fn create_function(
+    State(cp): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "CreateFunction", CODE_REQUEST_LIMIT).await?;
+    let configuration = blocking(move || cp.create_function(request)).await?;
+    Ok(json_response(StatusCode::CREATED, &configuration))
+}
+
+async fn list_functions(
+    State(cp): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let query = service::ListFunctionsQuery {
+        marker: query_value(&pairs, "Marker"),
+        max_items: query_value(&pairs, "MaxItems"),
+        function_version: query_value(&pairs, "FunctionVersion"),
+        master_region: query_value(&pairs, "MasterRegion"),
+    };
+    let page = blocking(move || cp.list_functions(&query)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetFunctionResponse {
+    configuration: lamina_model::FunctionConfiguration,
+    code: CodeLocation,
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CodeLocation {
+    repository_type: &'static str,
+    location: String,
+}
+
+async fn get_function(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let details = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.get_function(&function)
+    })
+    .await?;
+    // AWS hands out a presigned S3 URL; Lamina serves the stored zip itself, at the
+    // address the caller already reached it by.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let response = GetFunctionResponse {
+        configuration: details.configuration,
+        code: CodeLocation {
+            repository_type: "S3",
+            location: format!("http://{host}/lamina/code/{}.zip", details.code_sha256_hex),
+        },
+        tags: details.tags,
+    };
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+async fn get_function_configuration(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let configuration = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.get_function_configuration(&function)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &configuration))
+}
+
+async fn update_function_configuration(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(
+        &headers,
+        body,
+        "UpdateFunctionConfiguration",
+        DEFAULT_REQUEST_LIMIT,
+    )
+    .await?;
+    let configuration = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.update_function_configuration(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &configuration))
+}
+
+async fn update_function_code(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "UpdateFunctionCode", CODE_REQUEST_LIMIT).await?;
+    let configuration = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.update_function_code(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &configuration))
+}
+
+async fn delete_function(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.delete_function(&function)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_account_settings(State(cp): State<Shared>) -> Result<Response, ApiError> {
+    let settings = blocking(move || cp.account_settings()).await?;
+    Ok(json_response(StatusCode::OK, &settings))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagResourceBody {
+    tags: Option<BTreeMap<String, String>>,
+}
+
+async fn tag_resource(
+    State(cp): State<Shared>,
+    Path(resource): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: TagResourceBody =
+        json_body(&headers, body, "TagResource", DEFAULT_REQUEST_LIMIT).await?;
+    blocking(move || cp.tag_resource(&resource, body.tags)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn untag_resource(
+    State(cp): State<Shared>,
+    Path(resource): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let keys: Vec<String> = query_pairs(query)?
+        .into_iter()
+        .filter(|(k, _)| k == "tagKeys")
+        .map(|(_, v)| v)
+        .collect();
+    blocking(move || cp.untag_resource(&resource, &keys)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTagsResponse {
+    tags: BTreeMap<String, String>,
+}
+
+async fn list_tags(
+    State(cp): State<Shared>,
+    Path(resource): Path<String>,
+) -> Result<Response, ApiError> {
+    let tags = blocking(move || cp.list_tags(&resource)).await?;
+    Ok(json_response(StatusCode::OK, &ListTagsResponse { tags }))
+}
+
+/// Serves a stored deployment package: the `Code.Location` GetFunction hands out.
+async fn download_code(
+    State(cp): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::UnknownOperation {
+        method: "GET".to_owned(),
+        path: format!("/lamina/code/{file}"),
+    };
+    let Some(sha256_hex) = file
+        .strip_suffix(".zip")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+    else {
+        return Err(not_found());
+    };
+    let zip = blocking(move || Ok(cp.code_store().read_zip(&sha256_hex)?))
+        .await
+        .map_err(|_| not_found())?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/zip"),
+        )],
+        zip,
+    )
+        .into_response())
+}
+
+async fn unknown_operation(request: Request) -> ApiError {
+    ApiError::UnknownOperation {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}

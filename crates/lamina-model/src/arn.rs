@@ -123,7 +123,10 @@ impl FunctionRef {
     pub fn display_arn(&self, account: &Account) -> String {
         let region = self.region.as_deref().unwrap_or(&account.region);
         let account_id = self.account_id.as_deref().unwrap_or(&account.account_id);
-        let base = format!("arn:aws:lambda:{region}:{account_id}:function:{}", self.name);
+        let base = format!(
+            "arn:aws:lambda:{region}:{account_id}:function:{}",
+            self.name
+        );
         match &self.qualifier {
             Some(qualifier) => format!("{base}:{qualifier}"),
             None => base,
@@ -180,8 +183,13 @@ mod tests {
         let mut violations = Violations::new();
         let long = "a".repeat(65);
         assert!(
-            FunctionRef::parse(&long, NameShape::FunctionName, "functionName", &mut violations)
-                .is_none()
+            FunctionRef::parse(
+                &long,
+                NameShape::FunctionName,
+                "functionName",
+                &mut violations
+            )
+            .is_none()
         );
         assert!(
             violations

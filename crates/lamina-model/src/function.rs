@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::arn::Account;
+use crate::arn::{Account, FunctionRef, NameShape};
 use crate::runtime::{self, RuntimeRejection};
 use crate::validation::{ValidationError, Violations, patterns};
 
@@ -303,12 +303,11 @@ impl FunctionVersion {
                 application_log_level: settings.logging.application_log_level.clone(),
                 system_log_level: settings.logging.system_log_level.clone(),
             },
-            dead_letter_config: settings
-                .dead_letter_target_arn
-                .as_ref()
-                .map(|arn| DeadLetterConfigResponse {
+            dead_letter_config: settings.dead_letter_target_arn.as_ref().map(|arn| {
+                DeadLetterConfigResponse {
                     target_arn: arn.clone(),
-                }),
+                }
+            }),
         }
     }
 }
@@ -571,7 +570,11 @@ impl SettingsInput {
             }
         }
         if let Some(apply_on) = self.snap_start.as_ref().and_then(|s| s.apply_on.as_ref()) {
-            violations.one_of("snapStart.applyOn", apply_on, &["PublishedVersions", "None"]);
+            violations.one_of(
+                "snapStart.applyOn",
+                apply_on,
+                &["PublishedVersions", "None"],
+            );
         }
     }
 
@@ -624,22 +627,23 @@ impl SettingsInput {
         }
         if let Some(vpc) = &self.vpc_config {
             let subnets = vpc.subnet_ids.as_ref().is_some_and(|s| !s.is_empty());
-            let groups = vpc.security_group_ids.as_ref().is_some_and(|g| !g.is_empty());
+            let groups = vpc
+                .security_group_ids
+                .as_ref()
+                .is_some_and(|g| !g.is_empty());
             if subnets || groups {
-                return Err(not_implemented(
-                    "VpcConfig with subnets or security groups",
-                ));
+                return Err(not_implemented("VpcConfig with subnets or security groups"));
             }
         }
-        if self
-            .snap_start
-            .as_ref()
-            .and_then(|s| s.apply_on.as_deref())
-            == Some("PublishedVersions")
+        if self.snap_start.as_ref().and_then(|s| s.apply_on.as_deref()) == Some("PublishedVersions")
         {
             return Err(not_implemented("SnapStart"));
         }
-        if self.file_system_configs.as_ref().is_some_and(|f| !f.is_empty()) {
+        if self
+            .file_system_configs
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
             return Err(not_implemented("FileSystemConfigs"));
         }
         if self.image_config.is_some() {
@@ -666,10 +670,7 @@ pub fn check_architectures(architectures: &[String], violations: &mut Violations
         };
         violations.push("architectures", Some(&shown), constraint);
     }
-    if architectures
-        .iter()
-        .any(|a| a != "x86_64" && a != "arm64")
-    {
+    if architectures.iter().any(|a| a != "x86_64" && a != "arm64") {
         violations.push(
             "architectures",
             Some(&shown),
@@ -681,8 +682,20 @@ pub fn check_architectures(architectures: &[String], violations: &mut Violations
 impl CreateFunctionRequest {
     /// Validates everything that does not need the store or the code, and returns the
     /// settings of the new function.
-    pub fn validate(&self, function_name: &str) -> Result<FunctionSettings, RequestError> {
+    pub fn validate(&self) -> Result<(FunctionRef, FunctionSettings), RequestError> {
         let mut violations = Violations::new();
+        let function = match &self.function_name {
+            Some(name) => FunctionRef::parse(
+                name,
+                NameShape::FunctionName,
+                "functionName",
+                &mut violations,
+            ),
+            None => {
+                require(&mut violations, "functionName", &self.function_name);
+                None
+            }
+        };
         require(&mut violations, "role", &self.settings.role);
         require(&mut violations, "code", &self.code);
         self.settings.check_constraints(&mut violations);
@@ -695,7 +708,9 @@ impl CreateFunctionRequest {
         violations.into_result()?;
 
         if self.package_type.as_deref() == Some("Image") {
-            return Err(not_implemented("PackageType Image (container image functions)"));
+            return Err(not_implemented(
+                "PackageType Image (container image functions)",
+            ));
         }
         if self.code_signing_config_arn.is_some() {
             return Err(not_implemented("CodeSigningConfigArn"));
@@ -708,11 +723,18 @@ impl CreateFunctionRequest {
         }
         self.settings.check_semantics()?;
 
+        let function = function.expect("a name that passed validation was parsed");
+        if function.qualifier.is_some() {
+            return Err(RequestError::InvalidParameter(
+                "A function name for CreateFunction cannot carry a version or alias qualifier."
+                    .to_owned(),
+            ));
+        }
         let role = self.settings.role.clone().unwrap_or_default();
-        let mut settings = FunctionSettings::defaults(function_name, role);
+        let mut settings = FunctionSettings::defaults(&function.name, role);
         settings.apply(&self.settings);
         settings.check_complete()?;
-        Ok(settings)
+        Ok((function, settings))
     }
 }
 
@@ -744,10 +766,7 @@ impl UpdateFunctionCodeRequest {
         if self.publish_to.is_some() {
             return Err(not_implemented("PublishTo"));
         }
-        Ok(self
-            .architectures
-            .as_ref()
-            .and_then(|a| a.first().cloned()))
+        Ok(self.architectures.as_ref().and_then(|a| a.first().cloned()))
     }
 }
 
@@ -862,7 +881,7 @@ mod tests {
 
     #[test]
     fn create_fills_aws_defaults() {
-        let settings = create(minimal()).validate("f").unwrap();
+        let settings = create(minimal()).validate().unwrap().1;
         assert_eq!(settings.timeout_seconds, 3);
         assert_eq!(settings.memory_mb, 128);
         assert_eq!(settings.ephemeral_storage_mb, 512);
@@ -877,11 +896,14 @@ mod tests {
         body["MemorySize"] = 20000.into();
         body["Timeout"] = 901.into();
         body["EphemeralStorage"] = serde_json::json!({"Size": 100});
-        let err = create(body).validate("f").unwrap_err();
+        let err = create(body).validate().unwrap_err();
         let RequestError::Validation(ValidationError { message }) = err else {
             panic!("expected validation error, got {err:?}");
         };
-        assert!(message.starts_with("3 validation errors detected: "), "{message}");
+        assert!(
+            message.starts_with("3 validation errors detected: "),
+            "{message}"
+        );
         assert!(message.contains("Value '20000' at 'memorySize' failed to satisfy constraint: Member must have value less than or equal to 10240"));
         assert!(message.contains("Value '901' at 'timeout'"));
         assert!(message.contains("Value '100' at 'ephemeralStorage.size' failed to satisfy constraint: Member must have value greater than or equal to 512"));
@@ -892,13 +914,13 @@ mod tests {
         let mut body = minimal();
         body["Environment"] = serde_json::json!({"Variables": {"AWS_REGION": "x"}});
         assert!(matches!(
-            create(body).validate("f"),
+            create(body).validate(),
             Err(RequestError::InvalidParameter(m)) if m.contains("Reserved keys used in this request: AWS_REGION")
         ));
         let mut body = minimal();
         body["Environment"] = serde_json::json!({"Variables": {"BIG": "x".repeat(5000)}});
         assert!(matches!(
-            create(body).validate("f"),
+            create(body).validate(),
             Err(RequestError::InvalidParameter(m)) if m.contains("exceeded the 4KB limit")
         ));
     }
@@ -908,16 +930,16 @@ mod tests {
         let mut body = minimal();
         body.as_object_mut().unwrap().remove("Handler");
         assert!(matches!(
-            create(body.clone()).validate("f"),
+            create(body.clone()).validate(),
             Err(RequestError::InvalidParameter(_))
         ));
         body["Runtime"] = "provided.al2023".into();
-        assert!(create(body).validate("f").is_ok());
+        assert!(create(body).validate().is_ok());
     }
 
     #[test]
     fn update_changes_only_what_it_names() {
-        let current = create(minimal()).validate("f").unwrap();
+        let current = create(minimal()).validate().unwrap().1;
         let update: UpdateFunctionConfigurationRequest =
             serde_json::from_value(serde_json::json!({"MemorySize": 256})).unwrap();
         let updated = update.apply_to(&current).unwrap();

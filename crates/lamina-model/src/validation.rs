@@ -13,8 +13,8 @@
 //! members joined by dots (`ephemeralStorage.size`). [`Violations`] collects them so that a
 //! request with several problems reports all of them at once, as AWS does.
 
-use std::fmt;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
 use regex::Regex;
@@ -41,9 +41,9 @@ impl Violations {
     /// whose values AWS never echoes.
     pub fn push(&mut self, member: &str, value: Option<&str>, constraint: &str) {
         let message = match value {
-            Some(value) => format!(
-                "Value '{value}' at '{member}' failed to satisfy constraint: {constraint}"
-            ),
+            Some(value) => {
+                format!("Value '{value}' at '{member}' failed to satisfy constraint: {constraint}")
+            }
             None => format!("Value at '{member}' failed to satisfy constraint: {constraint}"),
         };
         self.messages.push(message);
@@ -100,7 +100,10 @@ impl Violations {
             self.push(
                 member,
                 Some(value),
-                &format!("Member must satisfy enum value set: [{}]", allowed.join(", ")),
+                &format!(
+                    "Member must satisfy enum value set: [{}]",
+                    allowed.join(", ")
+                ),
             );
         }
     }

@@ -1,0 +1,240 @@
+//! Every way a control-plane request can fail, and the one place that decides which AWS
+//! exception, HTTP status and message each failure answers with.
+//!
+//! AWS clients read the exception name from the `x-amzn-ErrorType` header and the message
+//! from the JSON body, whose key follows the exception shape in the service model:
+//! `Message` for ResourceNotFoundException and ServiceException, `message` for most
+//! others. The match in [`ApiError::aws_error`] has no catch-all arm on purpose: a new
+//! variant must be given its exception explicitly.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lamina_model::RequestError;
+use lamina_store::{CodeError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("function not found: {arn}")]
+    FunctionNotFound { arn: String },
+    #[error("function {name} already exists")]
+    FunctionAlreadyExists { name: String },
+    #[error("the revision id given does not match the latest one")]
+    RevisionMismatch,
+    #[error("an update to {arn} is in progress")]
+    UpdateInProgress { arn: String },
+    #[error("request body of {size:?} bytes exceeds the {limit}-byte limit of {operation}")]
+    BodyTooLarge {
+        operation: &'static str,
+        size: Option<u64>,
+        limit: u64,
+    },
+    #[error("request body is not valid: {detail}")]
+    MalformedBody { detail: String },
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("authorization header is incomplete: {detail}")]
+    IncompleteSignature { detail: String },
+    #[error("{method} {path} is not an operation lamina implements")]
+    UnknownOperation { method: String, path: String },
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::AlreadyExists { name } => ApiError::FunctionAlreadyExists { name },
+            other => ApiError::Store(other),
+        }
+    }
+}
+
+/// An error as it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsError {
+    pub status: StatusCode,
+    pub exception: &'static str,
+    /// `Message` or `message`, as the exception's shape spells it.
+    pub message_key: &'static str,
+    pub message: String,
+    /// `User` for caller mistakes, `Service` for ours.
+    pub fault: &'static str,
+}
+
+fn user(status: StatusCode, exception: &'static str, message: String) -> AwsError {
+    AwsError {
+        status,
+        exception,
+        message_key: "message",
+        message,
+        fault: "User",
+    }
+}
+
+const COULD_NOT_UNZIP: &str =
+    "Could not unzip uploaded file. Please check your file, then try to upload again.";
+
+impl ApiError {
+    pub fn aws_error(&self) -> AwsError {
+        match self {
+            ApiError::Request(RequestError::Validation(validation)) => user(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                validation.message.clone(),
+            ),
+            ApiError::Request(RequestError::InvalidParameter(message)) => user(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                message.clone(),
+            ),
+            ApiError::Request(not_implemented @ RequestError::NotImplemented { .. }) => {
+                not_implemented_error(not_implemented.to_string())
+            }
+            ApiError::FunctionNotFound { arn } => AwsError {
+                message_key: "Message",
+                ..user(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    format!("Function not found: {arn}"),
+                )
+            },
+            ApiError::FunctionAlreadyExists { name } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!("Function already exist: {name}"),
+            ),
+            ApiError::RevisionMismatch => user(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailedException",
+                "The Revision Id provided does not match the latest Revision Id. Call the \
+                 GetFunction/GetAlias API to retrieve the latest Revision Id"
+                    .to_owned(),
+            ),
+            ApiError::UpdateInProgress { arn } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!(
+                    "The operation cannot be performed at this time. An update is in progress \
+                     for resource: {arn}"
+                ),
+            ),
+            ApiError::BodyTooLarge {
+                operation, limit, ..
+            } => user(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLargeException",
+                format!("Request must be smaller than {limit} bytes for the {operation} operation"),
+            ),
+            ApiError::MalformedBody { detail } => user(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!("Could not parse request body into json: {detail}"),
+            ),
+            ApiError::Code(code) => match code {
+                CodeError::ZippedTooLarge { limit, .. } => user(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLargeException",
+                    format!("Zipped size must be smaller than {limit} bytes"),
+                ),
+                CodeError::UnzippedTooLarge { limit, .. } => user(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValueException",
+                    format!("Unzipped size must be smaller than {limit} bytes"),
+                ),
+                CodeError::CorruptArchive { .. }
+                | CodeError::UnsafeEntry { .. }
+                | CodeError::TooManyEntries { .. } => user(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValueException",
+                    COULD_NOT_UNZIP.to_owned(),
+                ),
+                CodeError::MissingBlob { .. } | CodeError::Io { .. } => {
+                    service_error(code.to_string())
+                }
+            },
+            ApiError::Store(store) => match store {
+                StoreError::AlreadyExists { name } => user(
+                    StatusCode::CONFLICT,
+                    "ResourceConflictException",
+                    format!("Function already exist: {name}"),
+                ),
+                StoreError::NotFound { name } => AwsError {
+                    message_key: "Message",
+                    ..user(
+                        StatusCode::NOT_FOUND,
+                        "ResourceNotFoundException",
+                        format!("Function not found: {name}"),
+                    )
+                },
+                StoreError::RevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
+                StoreError::Database { .. } | StoreError::Corrupt { .. } => {
+                    service_error(store.to_string())
+                }
+            },
+            ApiError::IncompleteSignature { detail } => user(
+                StatusCode::FORBIDDEN,
+                "IncompleteSignatureException",
+                detail.clone(),
+            ),
+            ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
+            ApiError::Internal { detail } => service_error(detail.clone()),
+        }
+    }
+}
+
+/// Not an AWS exception: AWS implements everything it lists. 501 tells the caller plainly
+/// that this server lacks the feature, and AWS SDKs do not retry it.
+fn not_implemented_error(message: String) -> AwsError {
+    user(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotImplementedException",
+        message,
+    )
+}
+
+fn service_error(message: String) -> AwsError {
+    AwsError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        exception: "ServiceException",
+        message_key: "Message",
+        message,
+        fault: "Service",
+    }
+}
+
+impl AwsError {
+    pub fn into_response(self) -> Response {
+        let mut body = serde_json::Map::new();
+        body.insert("Type".to_owned(), self.fault.into());
+        body.insert(self.message_key.to_owned(), self.message.into());
+        let mut response = (
+            self.status,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            serde_json::Value::Object(body).to_string(),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("x-amzn-ErrorType", HeaderValue::from_static(self.exception));
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let aws = self.aws_error();
+        if aws.status.is_server_error() && aws.status != StatusCode::NOT_IMPLEMENTED {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(exception = aws.exception, message = %aws.message, "request refused");
+        }
+        aws.into_response()
+    }
+}

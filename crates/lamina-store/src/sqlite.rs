@@ -1,0 +1,469 @@
+//! The embedded metadata backend: one SQLite database in WAL mode with
+//! `synchronous=FULL`, so a returned write has reached the disk and survives both a
+//! killed server and a lost machine.
+//!
+//! A version is stored as its JSON record plus the few columns queries need (order,
+//! code hash, code size); the record stays the single source of truth for its contents.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use lamina_model::{FunctionVersion, LATEST};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{AccountUsage, ListPosition, MetadataStore, StoreError, version_order};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE functions (
+        name        TEXT PRIMARY KEY,
+        tags        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE function_versions (
+        function_name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        version       TEXT NOT NULL,
+        version_order INTEGER NOT NULL,
+        code_sha256   TEXT NOT NULL,
+        code_size     INTEGER NOT NULL,
+        revision_id   TEXT NOT NULL,
+        record        TEXT NOT NULL,
+        PRIMARY KEY (function_name, version_order)
+    );
+    CREATE UNIQUE INDEX function_versions_by_name ON function_versions(function_name, version);
+"];
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    // rusqlite connections are not Sync; the control plane's write rate is tiny, so one
+    // connection behind a mutex is simpler than a pool and fast enough.
+    connection: Mutex<Connection>,
+}
+
+fn db(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Database { operation, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path).map_err(db("open"))?;
+        Self::configure(connection)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::configure(Connection::open_in_memory().map_err(db("open"))?)
+    }
+
+    fn configure(mut connection: Connection) -> Result<Self, StoreError> {
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(db("enable WAL"))?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db("set synchronous"))?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(db("enable foreign keys"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db("set busy timeout"))?;
+        let applied: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(db("read schema version"))?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+            let tx = connection.transaction().map_err(db("migrate"))?;
+            tx.execute_batch(migration).map_err(db("migrate"))?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(db("migrate"))?;
+            tx.commit().map_err(db("migrate"))?;
+        }
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back), so a poisoned lock is still safe to use.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn encode(version: &FunctionVersion) -> String {
+    serde_json::to_string(version).expect("function records always serialize")
+}
+
+fn decode(key: &str, record: &str) -> Result<FunctionVersion, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn decode_tags(key: &str, tags: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(tags).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn insert_version(tx: &Connection, version: &FunctionVersion) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO function_versions
+             (function_name, version, version_order, code_sha256, code_size, revision_id, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            version.function_name,
+            version.version,
+            version_order(&version.version),
+            version.code.sha256_hex,
+            version.code.size as i64,
+            version.revision_id,
+            encode(version),
+        ],
+    )
+}
+
+impl MetadataStore for SqliteStore {
+    fn create_function(
+        &self,
+        latest: &FunctionVersion,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("create function"))?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO functions (name, tags) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![
+                    latest.function_name,
+                    serde_json::to_string(tags).expect("tags serialize")
+                ],
+            )
+            .map_err(db("create function"))?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists {
+                name: latest.function_name.clone(),
+            });
+        }
+        insert_version(&tx, latest).map_err(db("create function"))?;
+        tx.commit().map_err(db("create function"))
+    }
+
+    fn get_version(
+        &self,
+        function_name: &str,
+        version: &str,
+    ) -> Result<Option<FunctionVersion>, StoreError> {
+        let connection = self.lock();
+        let record: Option<String> = connection
+            .query_row(
+                "SELECT record FROM function_versions WHERE function_name = ?1 AND version = ?2",
+                params![function_name, version],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("get version"))?;
+        record
+            .map(|r| decode(&format!("{function_name}:{version}"), &r))
+            .transpose()
+    }
+
+    fn replace_latest(
+        &self,
+        latest: &FunctionVersion,
+        expected_revision_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("update function"))?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT revision_id FROM function_versions WHERE function_name = ?1 AND version = ?2",
+                params![latest.function_name, LATEST],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("update function"))?;
+        match current {
+            None => {
+                return Err(StoreError::NotFound {
+                    name: latest.function_name.clone(),
+                });
+            }
+            Some(revision) if revision != expected_revision_id => {
+                return Err(StoreError::RevisionMismatch {
+                    name: latest.function_name.clone(),
+                    expected_revision_id: expected_revision_id.to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        tx.execute(
+            "UPDATE function_versions
+                SET code_sha256 = ?3, code_size = ?4, revision_id = ?5, record = ?6
+              WHERE function_name = ?1 AND version = ?2",
+            params![
+                latest.function_name,
+                LATEST,
+                latest.code.sha256_hex,
+                latest.code.size as i64,
+                latest.revision_id,
+                encode(latest),
+            ],
+        )
+        .map_err(db("update function"))?;
+        tx.commit().map_err(db("update function"))
+    }
+
+    fn list_versions(
+        &self,
+        after: Option<&ListPosition>,
+        limit: usize,
+        all_versions: bool,
+    ) -> Result<Vec<FunctionVersion>, StoreError> {
+        let connection = self.lock();
+        let (after_name, after_order) = after
+            .map(|p| (p.function_name.as_str(), p.version_order))
+            .unwrap_or(("", -1));
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT function_name, version, record FROM function_versions
+                  WHERE (function_name, version_order) > (?1, ?2)
+                    AND (?3 OR version = '$LATEST')
+                  ORDER BY function_name, version_order
+                  LIMIT ?4",
+            )
+            .map_err(db("list functions"))?;
+        let rows = statement
+            .query_map(
+                params![after_name, after_order, all_versions, limit as i64],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .map_err(db("list functions"))?;
+        let mut versions = Vec::new();
+        for row in rows {
+            let (name, version, record) = row.map_err(db("list functions"))?;
+            versions.push(decode(&format!("{name}:{version}"), &record)?);
+        }
+        Ok(versions)
+    }
+
+    fn delete_function(&self, function_name: &str) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let deleted = connection
+            .execute(
+                "DELETE FROM functions WHERE name = ?1",
+                params![function_name],
+            )
+            .map_err(db("delete function"))?;
+        Ok(deleted > 0)
+    }
+
+    fn tags(&self, function_name: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let connection = self.lock();
+        let tags: Option<String> = connection
+            .query_row(
+                "SELECT tags FROM functions WHERE name = ?1",
+                params![function_name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("read tags"))?;
+        tags.map(|t| decode_tags(function_name, &t)).transpose()
+    }
+
+    fn update_tags(
+        &self,
+        function_name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("update tags"))?;
+        let tags: Option<String> = tx
+            .query_row(
+                "SELECT tags FROM functions WHERE name = ?1",
+                params![function_name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("update tags"))?;
+        let Some(tags) = tags else {
+            return Ok(false);
+        };
+        let mut tags = decode_tags(function_name, &tags)?;
+        for key in remove {
+            tags.remove(key);
+        }
+        tags.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        tx.execute(
+            "UPDATE functions SET tags = ?2 WHERE name = ?1",
+            params![
+                function_name,
+                serde_json::to_string(&tags).expect("tags serialize")
+            ],
+        )
+        .map_err(db("update tags"))?;
+        tx.commit().map_err(db("update tags"))?;
+        Ok(true)
+    }
+
+    fn account_usage(&self) -> Result<AccountUsage, StoreError> {
+        let connection = self.lock();
+        connection
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM functions),
+                        (SELECT COALESCE(SUM(code_size), 0) FROM function_versions)",
+                [],
+                |row| {
+                    Ok(AccountUsage {
+                        function_count: row.get::<_, i64>(0)? as u64,
+                        total_code_size: row.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .map_err(db("account usage"))
+    }
+
+    fn referenced_code(&self) -> Result<HashSet<String>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare("SELECT DISTINCT code_sha256 FROM function_versions")
+            .map_err(db("list code"))?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(db("list code"))?;
+        rows.collect::<Result<_, _>>().map_err(db("list code"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lamina_model::function::{CodeRef, FunctionSettings};
+
+    fn version(name: &str, revision: &str) -> FunctionVersion {
+        FunctionVersion {
+            function_name: name.to_owned(),
+            version: LATEST.to_owned(),
+            settings: FunctionSettings::defaults(name, "arn:aws:iam::123456789012:role/r".into()),
+            code: CodeRef {
+                sha256_hex: format!("{:0>64}", name.len()),
+                size: 10,
+                unzipped_size: 20,
+            },
+            architecture: "x86_64".into(),
+            revision_id: revision.to_owned(),
+            last_modified: "2024-05-01T12:34:56.789+0000".into(),
+        }
+    }
+
+    #[test]
+    fn create_get_and_conflict() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let f = version("f", "r1");
+        store.create_function(&f, &BTreeMap::new()).unwrap();
+        assert_eq!(store.get_version("f", LATEST).unwrap(), Some(f.clone()));
+        assert!(matches!(
+            store.create_function(&f, &BTreeMap::new()),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert_eq!(store.get_version("g", LATEST).unwrap(), None);
+    }
+
+    #[test]
+    fn replace_latest_is_compare_and_swap() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store
+            .create_function(&version("f", "r1"), &BTreeMap::new())
+            .unwrap();
+        let mut next = version("f", "r2");
+        next.settings.memory_mb = 256;
+        store.replace_latest(&next, "r1").unwrap();
+        assert_eq!(
+            store
+                .get_version("f", LATEST)
+                .unwrap()
+                .unwrap()
+                .settings
+                .memory_mb,
+            256
+        );
+        assert!(matches!(
+            store.replace_latest(&version("f", "r3"), "r1"),
+            Err(StoreError::RevisionMismatch { .. })
+        ));
+        assert!(matches!(
+            store.replace_latest(&version("missing", "r3"), "r1"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn listing_pages_in_name_order() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        for name in ["c", "a", "b", "d"] {
+            store
+                .create_function(&version(name, "r"), &BTreeMap::new())
+                .unwrap();
+        }
+        let first = store.list_versions(None, 3, false).unwrap();
+        let names: Vec<_> = first.iter().map(|v| v.function_name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let after = ListPosition {
+            function_name: "c".into(),
+            version_order: 0,
+        };
+        let rest = store.list_versions(Some(&after), 3, false).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].function_name, "d");
+    }
+
+    #[test]
+    fn tags_and_delete() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let tags = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        store.create_function(&version("f", "r"), &tags).unwrap();
+        assert_eq!(store.tags("f").unwrap(), Some(tags));
+        let set = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+        assert!(store.update_tags("f", &set, &["team".to_owned()]).unwrap());
+        assert_eq!(store.tags("f").unwrap(), Some(set));
+        assert_eq!(
+            store.account_usage().unwrap(),
+            AccountUsage {
+                function_count: 1,
+                total_code_size: 10
+            }
+        );
+        assert_eq!(store.referenced_code().unwrap().len(), 1);
+        assert!(store.delete_function("f").unwrap());
+        assert!(!store.delete_function("f").unwrap());
+        assert_eq!(store.tags("f").unwrap(), None);
+        assert_eq!(store.get_version("f", LATEST).unwrap(), None);
+        assert!(!store.update_tags("f", &BTreeMap::new(), &[]).unwrap());
+    }
+
+    #[test]
+    fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lamina.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .create_function(&version("f", "r1"), &BTreeMap::new())
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.get_version("f", LATEST).unwrap().is_some());
+    }
+}

@@ -1,0 +1,209 @@
+//! A real `lamina serve` on an ephemeral port, with a real AWS SDK client pointed at it.
+//! Every test gets its own server and data directory, removed when it ends.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
+
+pub struct LaminaServer {
+    child: Option<Child>,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    // Keeps the directory alive for restarts; removed on drop.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl LaminaServer {
+    /// Starts a server with a fresh data directory.
+    pub fn start() -> LaminaServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut server = LaminaServer::start_in(temp.path());
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server on an existing data directory (for restart tests).
+    pub fn start_in(data_dir: &Path) -> LaminaServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("LAMINA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lamina binary starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(url);
+                    sent = true;
+                }
+                if std::env::var_os("LAMINA_TEST_SHOW_LOGS").is_some() {
+                    eprintln!("[lamina] {line}");
+                }
+            }
+        });
+        let endpoint = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("lamina printed its listening address within 30 s");
+        LaminaServer {
+            child: Some(child),
+            endpoint,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
+    }
+
+    pub fn client(&self) -> aws_sdk_lambda::Client {
+        client_for(&self.endpoint)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, as a crash would; the data directory stays.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("lamina did not exit within 5 s of SIGTERM");
+    }
+
+    /// Moves the data directory out so a restarted server can reuse it.
+    pub fn take_data_dir(&mut self) -> tempfile::TempDir {
+        self._temp.take().expect("owns its data dir")
+    }
+}
+
+impl Drop for LaminaServer {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+pub fn client_for(endpoint: &str) -> aws_sdk_lambda::Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "AKIDLAMINA",
+            "secret",
+            None,
+            None,
+            "tests",
+        ))
+        .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
+pub const ROLE: &str = "arn:aws:iam::000000000000:role/lambda-role";
+
+/// A zip archive with the given (name, contents, unix mode) entries.
+pub fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, contents, mode) in entries {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(*mode);
+        writer.start_file(*name, options).expect("zip entry");
+        writer.write_all(contents).expect("zip write");
+    }
+    writer.finish().expect("zip finish").into_inner()
+}
+
+/// A small `provided` function whose bootstrap is a shell script.
+pub fn bootstrap_zip() -> Vec<u8> {
+    zip_of(&[("bootstrap", b"#!/bin/sh\necho hello\n", 0o755)])
+}
+
+pub fn sha256_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+pub async fn create_function(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+) -> aws_sdk_lambda::operation::create_function::CreateFunctionOutput {
+    client
+        .create_function()
+        .function_name(name)
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .role(ROLE)
+        .handler("bootstrap")
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(bootstrap_zip().into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create_function succeeds")
+}
+
+/// The AWS exception name, HTTP status and message of a failed SDK call.
+pub fn aws_error<E, R>(error: aws_sdk_lambda::error::SdkError<E, R>) -> (String, u16, String)
+where
+    E: aws_sdk_lambda::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug + HasStatus,
+{
+    match error {
+        aws_sdk_lambda::error::SdkError::ServiceError(service) => {
+            let status = service.raw().status_code();
+            let err = service.err();
+            (
+                err.code().unwrap_or_default().to_owned(),
+                status,
+                err.message().unwrap_or_default().to_owned(),
+            )
+        }
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_lambda::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
