@@ -9,6 +9,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use lamina_engine::EngineError;
 use lamina_model::RequestError;
 use lamina_store::{CodeError, StoreError};
 
@@ -36,6 +37,12 @@ pub enum ApiError {
     Code(#[from] CodeError),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("client context is not base64-encoded JSON")]
+    InvalidClientContext,
+    #[error("invoke payload is not JSON: {detail}")]
+    InvalidPayload { detail: String },
     #[error("authorization header is incomplete: {detail}")]
     IncompleteSignature { detail: String },
     #[error("{method} {path} is not an operation lamina implements")]
@@ -175,6 +182,33 @@ impl ApiError {
                     service_error(store.to_string())
                 }
             },
+            ApiError::Engine(engine) => match engine {
+                EngineError::FunctionNotFound { arn } => {
+                    ApiError::FunctionNotFound { arn: arn.clone() }.aws_error()
+                }
+                EngineError::RuntimeUnavailable { runtime } => not_implemented_error(format!(
+                    "runtime {runtime} is not available in this build of Lamina: only the \
+                     provided.al2023 and provided.al2 runtimes (a bootstrap in the zip) run so far"
+                )),
+                EngineError::MissingBootstrap
+                | EngineError::Store(_)
+                | EngineError::Code(_)
+                | EngineError::Sandbox(_)
+                | EngineError::Io { .. }
+                | EngineError::Internal { .. } => service_error(engine.to_string()),
+            },
+            ApiError::InvalidClientContext => user(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "Client context must be a valid Base64-encoded JSON object.".to_owned(),
+            ),
+            ApiError::InvalidPayload { detail } => user(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!(
+                    "Could not parse request body into json: Could not parse payload into json: {detail}"
+                ),
+            ),
             ApiError::IncompleteSignature { detail } => user(
                 StatusCode::FORBIDDEN,
                 "IncompleteSignatureException",

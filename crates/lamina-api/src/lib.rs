@@ -17,11 +17,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lamina_engine::Engine;
 use lamina_model::NameShape;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod error;
+mod invoke;
 pub mod service;
 pub mod sigv4;
 
@@ -35,8 +37,27 @@ pub const DEFAULT_REQUEST_LIMIT: u64 = 6_291_456;
 
 type Shared = Arc<ControlPlane>;
 
-/// The whole control-plane API over one [`ControlPlane`].
-pub fn router(control_plane: Arc<ControlPlane>) -> Router {
+/// What every handler may reach: the control plane and the invoker.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub control_plane: Arc<ControlPlane>,
+    pub engine: Arc<Engine>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<ControlPlane> {
+    fn from_ref(state: &AppState) -> Self {
+        state.control_plane.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Engine> {
+    fn from_ref(state: &AppState) -> Self {
+        state.engine.clone()
+    }
+}
+
+/// The whole Lambda API: the control plane and synchronous invocation.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/2015-03-31/functions",
@@ -58,6 +79,10 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
             "/2015-03-31/functions/{name}/code",
             axum::routing::put(update_function_code),
         )
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(invoke::invoke),
+        )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
         .route(
@@ -67,11 +92,11 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/lamina/code/{file}", get(download_code))
         .fallback(unknown_operation)
         .layer(middleware::from_fn(sigv4::check_authorization))
-        .with_state(control_plane)
+        .with_state(state)
 }
 
 /// Runs a service call on the blocking pool: the service does SQLite and file I/O.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
@@ -82,13 +107,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The query string as name/value pairs; repeated names (`tagKeys=a&tagKeys=b`) are kept.
-fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| ApiError::MalformedBody {
         detail: format!("query string: {e}"),
     })
 }
 
-fn query_value(pairs: &[(String, String)], name: &str) -> Option<String> {
+pub(crate) fn query_value(pairs: &[(String, String)], name: &str) -> Option<String> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -107,6 +132,7 @@ async fn json_body<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|size| size > limit) {
+        discard_body(body).await;
         return Err(ApiError::BodyTooLarge {
             operation,
             size: declared,
@@ -128,6 +154,20 @@ async fn json_body<T: DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedBody {
         detail: e.to_string(),
     })
+}
+
+/// Reads and drops a body the server refuses, so the client, still sending it, reads
+/// the error instead of a broken pipe. Gives up (closing the connection) past 256 MB.
+pub(crate) async fn discard_body(mut body: Body) {
+    use http_body_util::BodyExt as _;
+    const MAX_DISCARD: usize = 256 * 1024 * 1024;
+    let mut discarded = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        discarded += frame.data_ref().map_or(0, |d| d.len());
+        if discarded > MAX_DISCARD {
+            break;
+        }
+    }
 }
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Response {

@@ -35,10 +35,24 @@ pub struct ControlPlane {
     code: Arc<CodeStore>,
     code_limits: CodeLimits,
     concurrent_executions: u32,
+    /// Told whenever a function's code or configuration changes or it is deleted, so
+    /// that nothing keeps running an outdated version (the invoker's warm pool).
+    change_listener: Option<Arc<dyn FunctionChangeListener>>,
     /// Held shared from writing a zip until the version that references it is stored,
     /// and exclusively by code garbage collection, so GC never removes a zip that a
     /// request is about to reference.
     code_gc: RwLock<()>,
+}
+
+/// Whoever must forget a function's old state when it changes.
+pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
+    fn function_changed(&self, function_name: &str);
+}
+
+impl FunctionChangeListener for lamina_engine::Engine {
+    fn function_changed(&self, function_name: &str) {
+        lamina_engine::Engine::function_changed(self, function_name);
+    }
 }
 
 /// GetFunction's answer, before the handler adds the download URL of the code.
@@ -113,7 +127,19 @@ impl ControlPlane {
             code,
             code_limits: CodeLimits::LAMBDA,
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
+            change_listener: None,
             code_gc: RwLock::new(()),
+        }
+    }
+
+    pub fn with_change_listener(mut self, listener: Arc<dyn FunctionChangeListener>) -> Self {
+        self.change_listener = Some(listener);
+        self
+    }
+
+    fn changed(&self, function_name: &str) {
+        if let Some(listener) = &self.change_listener {
+            listener.function_changed(function_name);
         }
     }
 
@@ -395,6 +421,7 @@ impl ControlPlane {
         }
         self.replace_latest(&updated, &current, request.revision_id.is_some())?;
         drop(_gc_guard);
+        self.changed(&updated.function_name);
         self.collect_unused_code();
         Ok(updated.configuration(&self.account))
     }
@@ -417,6 +444,7 @@ impl ControlPlane {
             ..current.clone()
         };
         self.replace_latest(&updated, &current, request.revision_id.is_some())?;
+        self.changed(&updated.function_name);
         Ok(updated.configuration(&self.account))
     }
 
@@ -459,6 +487,7 @@ impl ControlPlane {
             return Err(self.not_found(function));
         }
         tracing::info!(function = %function.name, "function deleted");
+        self.changed(&function.name);
         self.collect_unused_code();
         Ok(())
     }

@@ -78,6 +78,21 @@ impl FunctionRef {
         member: &str,
         violations: &mut Violations,
     ) -> Option<FunctionRef> {
+        // The common case, a bare name, needs no regular expression: it is on the invoke
+        // hot path.
+        if !input.is_empty()
+            && input.len() <= MAX_FUNCTION_NAME_LEN
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Some(FunctionRef {
+                name: input.to_owned(),
+                qualifier: None,
+                region: None,
+                account_id: None,
+            });
+        }
         let before = violations.clone();
         violations.length(member, input, 1, shape.max_len());
         let captures = compiled(shape.pattern()).captures(input);

@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lamina_api::ControlPlane;
+use std::time::Duration;
+
+use lamina_api::{AppState, ControlPlane};
+use lamina_engine::{Engine, EngineConfig};
 use lamina_model::Account;
+use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +47,13 @@ struct ServeArgs {
     /// The twelve-digit account id Lamina answers as.
     #[arg(long, env = "LAMINA_ACCOUNT_ID", default_value = "000000000000")]
     account_id: String,
+    /// How execution environments are isolated: `linux` (namespaces, cgroups, seccomp;
+    /// needs root), `process` (plain child processes, NO isolation), or `auto`.
+    #[arg(long, env = "LAMINA_SANDBOX", default_value = "auto", value_parser = ["auto", "linux", "process"])]
+    sandbox: String,
+    /// Seconds an idle execution environment is kept warm before it is reaped.
+    #[arg(long, env = "LAMINA_IDLE_TIMEOUT", default_value_t = 300)]
+    idle_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,32 +87,101 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         region: args.region.clone(),
         account_id: args.account_id.clone(),
     };
-    let control_plane = Arc::new(ControlPlane::new(account, Arc::new(store), Arc::new(code)));
-    // A crash between writing a zip and storing the version that uses it leaves an
-    // orphan; collect those before serving.
-    control_plane.collect_unused_code();
-
+    let tier = match args.sandbox.as_str() {
+        "linux" => TierRequest::Linux,
+        "process" => TierRequest::Process,
+        _ => TierRequest::Auto,
+    };
+    let sandbox = lamina_sandbox::open_sandbox(
+        tier,
+        SandboxOptions {
+            state_dir: data_dir.join("sandbox"),
+            // One parent cgroup per data directory: at start the sandbox kills environments
+            // left under its parent by a crashed predecessor, and must not touch those of
+            // another server running beside it.
+            cgroup_parent: format!("lamina/{}", short_hash(&data_dir)),
+        },
+    )
+    .context("cannot set up execution environments")?;
+    let logs = lamina_logs::LogStore::open(&data_dir.join("logs.db"))
+        .with_context(|| format!("cannot open the log store in {}", data_dir.display()))?
+        .with_arn_scope(&args.region, &args.account_id);
+    let logs = Arc::new(logs);
+    let store: Arc<dyn lamina_store::MetadataStore> = Arc::new(store);
+    let code = Arc::new(code);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let engine = Engine::new(
+            EngineConfig {
+                account: account.clone(),
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+            },
+            store.clone(),
+            code.clone(),
+            sandbox.clone(),
+            logs.sink(),
+        );
+        engine.spawn_reaper();
+        let control_plane =
+            Arc::new(ControlPlane::new(account, store, code).with_change_listener(engine.clone()));
+        // A crash between writing a zip and storing the version that uses it leaves an
+        // orphan; collect those before serving.
+        control_plane.collect_unused_code();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
+        let isolation = sandbox.describe();
+        if sandbox.tier() == SandboxTier::Process {
+            tracing::warn!(
+                "EXECUTION ENVIRONMENTS ARE NOT ISOLATED: {isolation}. Functions run as plain \
+                 processes of this user, with no memory, /tmp or network limits."
+            );
+        }
         tracing::info!(
             "lamina listening on http://{address} | data in {} | region {} account {} | \
-             sandbox: none yet (invocation is not implemented in this build)",
+             sandbox: {isolation}",
             data_dir.display(),
             args.region,
             args.account_id,
         );
-        let app = lamina_api::router(control_plane);
+        let logs_api = lamina_logs::router(logs.clone());
+        let lambda_api = lamina_api::router(AppState {
+            control_plane,
+            engine: engine.clone(),
+        });
+        // CloudWatch Logs (JSON 1.1, `POST /` with `X-Amz-Target`) and Lambda (REST-JSON)
+        // share the port, as `aws logs tail` and `aws lambda` share one endpoint here.
+        let app = axum::Router::new().fallback_service(tower::service_fn(
+            move |request: axum::extract::Request| {
+                let logs_api = logs_api.clone();
+                let lambda_api = lambda_api.clone();
+                async move {
+                    use tower::ServiceExt as _;
+                    if lamina_logs::is_logs_request(request.headers()) {
+                        logs_api.oneshot(request).await
+                    } else {
+                        lambda_api.oneshot(request).await
+                    }
+                }
+            },
+        ));
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")?;
+        let engine_for_shutdown = engine.clone();
+        tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
+        if let Err(error) = logs.sink().flush_async().await {
+            tracing::warn!(%error, "could not flush the last log events");
+        }
         tracing::info!("lamina stopped");
         anyhow::Ok(())
     })
@@ -123,6 +203,14 @@ fn validate_account(args: &ServeArgs) -> anyhow::Result<()> {
         args.region
     );
     Ok(())
+}
+
+/// A short stable name for a path, for names that must differ per data directory.
+fn short_hash(path: &Path) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
 /// Two servers on one data directory would collect each other's code; the lock makes

@@ -14,6 +14,8 @@ use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
 pub struct LaminaServer {
     child: Option<Child>,
     pub endpoint: String,
+    /// What the server said about its sandbox tier at start-up.
+    pub sandbox: String,
     pub data_dir: PathBuf,
     // Keeps the directory alive for restarts; removed on drop.
     _temp: Option<tempfile::TempDir>,
@@ -49,7 +51,12 @@ impl LaminaServer {
                         .next()
                         .unwrap_or_default()
                         .to_owned();
-                    let _ = tx.send(url);
+                    let sandbox = rest
+                        .split("sandbox: ")
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send((url, sandbox));
                     sent = true;
                 }
                 if std::env::var_os("LAMINA_TEST_SHOW_LOGS").is_some() {
@@ -57,12 +64,13 @@ impl LaminaServer {
                 }
             }
         });
-        let endpoint = rx
+        let (endpoint, sandbox) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("lamina printed its listening address within 30 s");
         LaminaServer {
             child: Some(child),
             endpoint,
+            sandbox,
             data_dir: data_dir.to_owned(),
             _temp: None,
         }
@@ -109,8 +117,22 @@ impl LaminaServer {
 }
 
 impl Drop for LaminaServer {
+    /// SIGTERM, so the server tears down its environments, mounts and cgroups; SIGKILL
+    /// only if it does not stop in time.
     fn drop(&mut self) {
-        self.kill_hard();
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -206,4 +228,45 @@ impl HasStatus for aws_sdk_lambda::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
     }
+}
+
+/// Whether the server isolates functions (the linux tier): true when tests run as root.
+pub fn linux_tier(server: &LaminaServer) -> bool {
+    server.sandbox.starts_with("linux")
+}
+
+/// The test function (`crates/lamina-testfn`, on the official `lambda_runtime` crate),
+/// built in release mode once per test binary and zipped as `bootstrap`.
+pub fn test_function_zip() -> Vec<u8> {
+    static ZIP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ZIP.get_or_init(|| {
+        let binary = build_test_function();
+        let bytes = std::fs::read(&binary).expect("read the test function");
+        zip_of(&[("bootstrap", &bytes, 0o755)])
+    })
+    .clone()
+}
+
+pub fn build_test_function() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "lamina-testfn",
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "building lamina-testfn failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "lamina-testfn")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported the test function's executable")
 }

@@ -1,0 +1,140 @@
+//! `POST /2015-03-31/functions/{name}/invocations` — Invoke.
+//!
+//! Headers in: `X-Amz-Invocation-Type` (`RequestResponse`, `Event`, `DryRun`),
+//! `X-Amz-Log-Type` (`None`, `Tail`), `X-Amz-Client-Context` (base64 JSON). Out:
+//! `X-Amz-Executed-Version`, `X-Amz-Function-Error: Unhandled` (the status stays 200),
+//! `X-Amz-Log-Result` (base64 of the invocation's last 4 KB of log).
+//! This is the product's hot path: no blocking work, no database, one copy of the payload.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use lamina_engine::{Engine, InvokeRequest, MAX_SYNC_PAYLOAD_BYTES};
+use lamina_model::{NameShape, RequestError, Violations};
+
+use crate::{ApiError, ControlPlane, query_pairs, query_value};
+
+/// AWS's limit on the encoded client context.
+const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn invoke(
+    State(control_plane): State<Arc<ControlPlane>>,
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let qualifier = match query.as_deref() {
+        None | Some("") => None,
+        Some(_) => query_value(&query_pairs(query)?, "Qualifier"),
+    };
+    let invocation_type = header(&headers, "x-amz-invocation-type").unwrap_or("RequestResponse");
+    let log_type = header(&headers, "x-amz-log-type").unwrap_or("None");
+    let mut violations = Violations::new();
+    violations.one_of(
+        "invocationType",
+        invocation_type,
+        &["Event", "RequestResponse", "DryRun"],
+    );
+    violations.one_of("logType", log_type, &["None", "Tail"]);
+    violations.into_result().map_err(RequestError::from)?;
+    let function = control_plane.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+
+    let declared = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let too_large = || ApiError::BodyTooLarge {
+        operation: "InvokeFunction",
+        size: declared.map(|s| s as u64),
+        limit: MAX_SYNC_PAYLOAD_BYTES as u64,
+    };
+    if declared.is_some_and(|size| size > MAX_SYNC_PAYLOAD_BYTES) {
+        crate::discard_body(body).await;
+        return Err(too_large());
+    }
+    let payload = axum::body::to_bytes(body, MAX_SYNC_PAYLOAD_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
+            ApiError::InvalidPayload {
+                detail: e.to_string(),
+            }
+        })?;
+        payload
+    };
+
+    let client_context = match header(&headers, "x-amz-client-context") {
+        None => None,
+        Some(encoded) => Some(decode_client_context(encoded)?),
+    };
+
+    match invocation_type {
+        "DryRun" => {
+            // The function must exist; nothing runs.
+            let cp = control_plane.clone();
+            crate::blocking(move || cp.get_function_configuration(&function).map(|_| ())).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        "Event" => Err(RequestError::NotImplemented {
+            feature: "asynchronous invocation (InvocationType Event)".to_owned(),
+        }
+        .into()),
+        _ => {
+            let result = engine
+                .invoke(InvokeRequest {
+                    function_name: function.name,
+                    qualifier: function.qualifier,
+                    payload,
+                    client_context,
+                    tail_log: log_type == "Tail",
+                })
+                .await?;
+            let mut response = Response::new(Body::from(result.payload));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(version) = HeaderValue::from_str(&result.executed_version) {
+                headers.insert("x-amz-executed-version", version);
+            }
+            if let Some(error) = result.function_error {
+                headers.insert("x-amz-function-error", HeaderValue::from_static(error));
+            }
+            if let Some(tail) = result.log_tail {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(tail);
+                if let Ok(value) = HeaderValue::from_str(&encoded) {
+                    headers.insert("x-amz-log-result", value);
+                }
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// The runtime receives the client context as the JSON the caller encoded.
+fn decode_client_context(encoded: &str) -> Result<String, ApiError> {
+    if encoded.len() > MAX_CLIENT_CONTEXT_BYTES {
+        return Err(ApiError::InvalidClientContext);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| ApiError::InvalidClientContext)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&decoded).map_err(|_| ApiError::InvalidClientContext)?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidClientContext);
+    }
+    String::from_utf8(decoded).map_err(|_| ApiError::InvalidClientContext)
+}

@@ -1,0 +1,245 @@
+//! One execution environment as the invoker sees it: the sandboxed process tree, its
+//! Runtime API, its exit watcher and its log relay.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lamina_model::FunctionVersion;
+use lamina_runtime_api::RuntimeApi;
+use lamina_sandbox::{EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::log_relay::{self, LogControl};
+use crate::{EngineError, InitTiming};
+
+/// Where a `provided` runtime's bootstrap may live, in the order Lambda looks.
+pub const BOOTSTRAP_PATHS: [&str; 2] = ["/var/task/bootstrap", "/opt/bootstrap"];
+
+#[derive(Debug)]
+pub struct Environment {
+    pub id: String,
+    pub runtime_api: RuntimeApi,
+    handle: Arc<dyn EnvironmentHandle>,
+    exit: watch::Receiver<Option<EnvironmentExit>>,
+    pub logs: mpsc::UnboundedSender<LogControl>,
+    /// Stops the Runtime API server when the environment is torn down.
+    stop_runtime_api: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set on the first invoke after a cold start; reported once as `Init Duration`.
+    init: Mutex<Option<InitTiming>>,
+    pub last_used: Mutex<Instant>,
+    destroyed: AtomicBool,
+}
+
+/// Everything a cold start needs besides the function version.
+#[derive(Debug, Clone)]
+pub struct StartContext {
+    pub environment_id: String,
+    pub log_stream: String,
+    pub region: String,
+}
+
+impl Environment {
+    /// Starts the sandboxed process tree (blocking: call on the blocking pool from a
+    /// runtime context) and wires its Runtime API, exit watcher and log relay.
+    pub fn start(
+        sandbox: &Arc<dyn Sandbox>,
+        version: &FunctionVersion,
+        task_dir: &Path,
+        context: &StartContext,
+        logs: &lamina_logs::LogSink,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Arc<Environment>, EngineError> {
+        let runtime_name = version.settings.runtime.clone().unwrap_or_default();
+        if !lamina_model::runtime::is_os_only(&runtime_name) {
+            return Err(EngineError::RuntimeUnavailable {
+                runtime: runtime_name,
+            });
+        }
+        // The sandbox mounts the task directory at /var/task; layers (/opt) arrive later.
+        if std::fs::symlink_metadata(task_dir.join("bootstrap")).is_err() {
+            return Err(EngineError::MissingBootstrap);
+        }
+        let spec = EnvironmentSpec {
+            environment_id: context.environment_id.clone(),
+            task_dir: task_dir.to_owned(),
+            opt_dir: None,
+            runtime_mounts: Vec::new(),
+            memory_mb: version.settings.memory_mb,
+            ephemeral_storage_mb: version.settings.ephemeral_storage_mb,
+            argv: vec![BOOTSTRAP_PATHS[0].to_owned()],
+            env: environment_variables(version, context, &runtime_name),
+            cwd: "/var/task".to_owned(),
+        };
+        let _guard = runtime.enter();
+        let started = sandbox.start(&spec).map_err(EngineError::Sandbox)?;
+        let handle: Arc<dyn EnvironmentHandle> = Arc::from(started.handle);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let runtime_api = match lamina_runtime_api::serve(started.runtime_api_listener, async {
+            let _ = stop_rx.await;
+        }) {
+            Ok(api) => api,
+            Err(source) => {
+                handle.kill();
+                handle.destroy();
+                return Err(EngineError::Io {
+                    what: "serve the runtime api",
+                    source,
+                });
+            }
+        };
+        let log_control = match log_relay::spawn(
+            started.output,
+            logs.clone(),
+            version.settings.logging.log_group.clone(),
+            context.log_stream.clone(),
+        ) {
+            Ok(control) => control,
+            Err(source) => {
+                handle.kill();
+                handle.destroy();
+                return Err(EngineError::Io {
+                    what: "read the environment's output",
+                    source,
+                });
+            }
+        };
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let waiter = handle.clone();
+        runtime.spawn_blocking(move || {
+            let exit = waiter.wait().unwrap_or(EnvironmentExit {
+                code: None,
+                signal: None,
+                oom_killed: false,
+            });
+            let _ = exit_tx.send(Some(exit));
+        });
+        Ok(Arc::new(Environment {
+            id: context.environment_id.clone(),
+            runtime_api,
+            handle,
+            exit: exit_rx,
+            logs: log_control,
+            stop_runtime_api: Mutex::new(Some(stop_tx)),
+            init: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+            destroyed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Resolves when the environment's main process has exited.
+    pub async fn exited(&self) -> EnvironmentExit {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(exit) => (*exit).expect("waited for Some"),
+            Err(_) => EnvironmentExit {
+                code: None,
+                signal: None,
+                oom_killed: false,
+            },
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    pub fn max_memory_used_mb(&self) -> u64 {
+        self.handle
+            .max_memory_used_bytes()
+            .map(|bytes| bytes.div_ceil(1024 * 1024))
+            .unwrap_or(0)
+    }
+
+    pub fn set_init_timing(&self, timing: InitTiming) {
+        *self.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(timing);
+    }
+
+    /// The init timing, once: only the first invoke of an environment reports it.
+    pub fn take_init_timing(&self) -> Option<InitTiming> {
+        self.init.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Kills the process tree and releases its resources; idempotent. Blocking (cgroup and
+    /// mount teardown), so async callers use [`Environment::destroy_in_background`].
+    pub fn destroy(&self) {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(stop) = self
+            .stop_runtime_api
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = stop.send(());
+        }
+        self.handle.kill();
+        self.handle.destroy();
+    }
+
+    pub fn destroy_in_background(self: &Arc<Self>) {
+        let environment = self.clone();
+        tokio::task::spawn_blocking(move || environment.destroy());
+    }
+}
+
+/// The variables Lambda sets in every environment, then the function's own.
+fn environment_variables(
+    version: &FunctionVersion,
+    context: &StartContext,
+    runtime: &str,
+) -> Vec<(String, String)> {
+    let settings = &version.settings;
+    let mut env: Vec<(String, String)> = [
+        ("AWS_LAMBDA_FUNCTION_NAME", version.function_name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", version.version.clone()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            settings.memory_mb.to_string(),
+        ),
+        ("_HANDLER", settings.handler.clone().unwrap_or_default()),
+        ("LAMBDA_TASK_ROOT", "/var/task".to_owned()),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_owned()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            settings.logging.log_group.clone(),
+        ),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", context.log_stream.clone()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        ("AWS_REGION", context.region.clone()),
+        ("AWS_DEFAULT_REGION", context.region.clone()),
+        ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{runtime}")),
+        ("TZ", ":UTC".to_owned()),
+        ("LANG", "en_US.UTF-8".to_owned()),
+        ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_owned()),
+        (
+            "LD_LIBRARY_PATH",
+            "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                .to_owned(),
+        ),
+        ("_X_AMZN_TRACE_ID", crate::new_trace_id()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if settings.logging.log_format == "JSON" {
+        env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
+    }
+    if let Some(variables) = &settings.environment {
+        env.extend(variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    env
+}

@@ -1,0 +1,186 @@
+//! One task per environment that turns the function's output into log events.
+//!
+//! The environment's stdout and stderr share one pipe. The relay reads it, cuts it into
+//! lines and appends them to the environment's log stream, interleaved in order with the
+//! platform lines the invoker sends (`START`, `END`, `REPORT`). Because both go through
+//! this one task, an `END` line never overtakes output the function wrote before it
+//! answered: on `End` the relay first drains whatever the pipe already holds.
+//!
+//! It also keeps the text of the current invocation, whose last 4 KB an invoke with
+//! `X-Amz-Log-Type: Tail` returns.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lamina_logs::{LogEvent, LogSink};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+
+/// How much of an invocation's log `Tail` returns.
+pub const TAIL_BYTES: usize = 4096;
+/// Keep at most this much of the current invocation's text (a little over the tail).
+const KEPT_BYTES: usize = 2 * TAIL_BYTES;
+/// A line longer than this is cut into several events, as CloudWatch caps event size.
+const MAX_LINE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug)]
+pub enum LogControl {
+    /// A platform line outside any invocation (`INIT_START`).
+    Platform(String),
+    Start(String),
+    /// Ends an invocation: the lines to append after the drained output, and where to
+    /// send the invocation's log tail.
+    End {
+        lines: Vec<String>,
+        tail: Option<oneshot::Sender<String>>,
+    },
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+struct Relay {
+    sink: LogSink,
+    group: String,
+    stream: String,
+    partial: Vec<u8>,
+    invocation_text: String,
+    pending: Vec<LogEvent>,
+}
+
+impl Relay {
+    fn line(&mut self, line: String) {
+        self.invocation_text.push_str(&line);
+        self.invocation_text.push('\n');
+        if self.invocation_text.len() > KEPT_BYTES {
+            let cut = self.invocation_text.len() - TAIL_BYTES;
+            let cut = (cut..self.invocation_text.len())
+                .find(|i| self.invocation_text.is_char_boundary(*i))
+                .unwrap_or(self.invocation_text.len());
+            self.invocation_text.drain(..cut);
+        }
+        self.pending.push(LogEvent {
+            timestamp_ms: now_ms(),
+            message: line,
+        });
+    }
+
+    fn output(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(newline) = self.partial.iter().position(|b| *b == b'\n') {
+            let rest = self.partial.split_off(newline + 1);
+            let mut line = std::mem::replace(&mut self.partial, rest);
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.line(String::from_utf8_lossy(&line).into_owned());
+        }
+        if self.partial.len() > MAX_LINE_BYTES {
+            let line = std::mem::take(&mut self.partial);
+            self.line(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+
+    /// Output without a final newline still belongs to the invocation that wrote it.
+    fn flush_partial(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+
+    fn publish(&mut self) {
+        if !self.pending.is_empty() {
+            let events = std::mem::take(&mut self.pending);
+            self.sink.append(&self.group, &self.stream, events);
+        }
+    }
+}
+
+/// Starts the relay for one environment's output pipe.
+pub fn spawn(
+    output: std::fs::File,
+    sink: LogSink,
+    group: String,
+    stream: String,
+) -> std::io::Result<mpsc::UnboundedSender<LogControl>> {
+    let receiver = pipe::Receiver::from_file(output)?;
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let mut relay = Relay {
+        sink,
+        group,
+        stream,
+        partial: Vec::new(),
+        invocation_text: String::new(),
+        pending: Vec::new(),
+    };
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut pipe_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                control = control_rx.recv() => {
+                    let Some(control) = control else { break };
+                    match control {
+                        LogControl::Platform(line) => relay.line(line),
+                        LogControl::Start(line) => {
+                            relay.invocation_text.clear();
+                            relay.line(line);
+                        }
+                        LogControl::End { lines, tail } => {
+                            // Whatever the function wrote before answering is in the
+                            // pipe already: take it before the END line.
+                            while pipe_open {
+                                match receiver.try_read(&mut buffer) {
+                                    Ok(0) => pipe_open = false,
+                                    Ok(n) => relay.output(&buffer[..n]),
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                    Err(_) => pipe_open = false,
+                                }
+                            }
+                            relay.flush_partial();
+                            for line in lines {
+                                relay.line(line);
+                            }
+                            if let Some(tail) = tail {
+                                let _ = tail.send(tail_of(&relay.invocation_text));
+                            }
+                        }
+                    }
+                    relay.publish();
+                }
+                readable = receiver.readable(), if pipe_open => {
+                    if readable.is_err() {
+                        pipe_open = false;
+                        continue;
+                    }
+                    match receiver.try_read(&mut buffer) {
+                        Ok(0) => pipe_open = false,
+                        Ok(n) => relay.output(&buffer[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => pipe_open = false,
+                    }
+                    relay.publish();
+                }
+            }
+        }
+        relay.flush_partial();
+        relay.publish();
+    });
+    Ok(control_tx)
+}
+
+fn tail_of(text: &str) -> String {
+    if text.len() <= TAIL_BYTES {
+        return text.to_owned();
+    }
+    let start = (text.len() - TAIL_BYTES..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}

@@ -1,0 +1,325 @@
+//! Lamina's execution environments: one environment is one process tree, isolated by
+//! Lamina itself (no OCI runtime), behind one trait with two tiers.
+//!
+//! * **`linux`** ([`linux`]): `clone3` into new mount, PID, IPC, UTS and network namespaces,
+//!   straight into the environment's cgroup where the kernel allows it. The child builds a
+//!   root on a small tmpfs from read-only bind mounts ([`mount_plan`]), `pivot_root`s into
+//!   it and remounts `/` read-only while the parent, in parallel, joins it to its cgroups
+//!   ([`cgroup`]) and binds the Runtime API listener on `127.0.0.1:9001` *inside* the
+//!   child's network namespace ([`net`]). The child then becomes a tiny init (PID 1: reaps
+//!   zombies, forwards SIGTERM, reports the main process's wait status) and forks the
+//!   function's process, which drops to an unprivileged uid with no capabilities,
+//!   `no_new_privs`, rlimits and a seccomp filter compiled once ([`seccomp`]) before
+//!   `execve`. `/tmp` comes from a pool of loop-mounted ext4 images ([`tmp_pool`]) so it is
+//!   capped at EphemeralStorage and not charged to the function's memory, as on Lambda.
+//! * **`process`** ([`process`]): a plain child process without isolation, for machines
+//!   without root or namespaces. It says so in [`Sandbox::describe`].
+//!
+//! Every kernel side effect whose *decision* matters (which mounts, which cgroup files and
+//! values, how big an image) is computed by pure code and executed through a narrow trait,
+//! so the decisions are unit-tested without root; the integration tests in `tests/` prove
+//! the isolation for real.
+
+mod cgroup;
+mod error;
+mod linux;
+mod mount_plan;
+mod net;
+mod process;
+mod seccomp;
+mod sys;
+mod tmp_pool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::SandboxError;
+
+/// Which tier the caller asks for (`lamina serve --sandbox auto|linux|process`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierRequest {
+    /// Linux when it really works here (probed), else process, with the reason.
+    Auto,
+    /// Linux or an error saying why not.
+    Linux,
+    /// Plain processes, no isolation.
+    Process,
+}
+
+/// The tier a sandbox implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxTier {
+    Linux,
+    Process,
+}
+
+/// Where the sandbox may keep its own state.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Scratch space owned by the sandbox: `/tmp` images, the root mount point.
+    pub state_dir: PathBuf,
+    /// The cgroup (relative to each hierarchy's root) under which environments get theirs,
+    /// e.g. `"lamina"`. On a pure cgroup v2 host it must be delegated to this process.
+    pub cgroup_parent: String,
+}
+
+/// Picks and opens a tier. `Auto` => linux when root + namespaces + cgroups really work
+/// (a throw-away environment is cloned to prove it), else process with the reason.
+/// `Linux` when unavailable => [`SandboxError::LinuxTierUnavailable`] saying why.
+pub fn open_sandbox(
+    req: TierRequest,
+    opts: SandboxOptions,
+) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    match req {
+        TierRequest::Process => Ok(Arc::new(process::ProcessSandbox::new(
+            "process tier requested explicitly".to_owned(),
+        ))),
+        TierRequest::Linux => Ok(Arc::new(linux::LinuxSandbox::open(&opts)?)),
+        TierRequest::Auto => match linux::LinuxSandbox::open(&opts) {
+            Ok(sandbox) => Ok(Arc::new(sandbox)),
+            Err(err) => {
+                let reason = match err {
+                    SandboxError::LinuxTierUnavailable { reason } => reason,
+                    other => other.to_string(),
+                };
+                tracing::warn!(%reason, "linux sandbox unavailable; functions will run WITHOUT isolation");
+                Ok(Arc::new(process::ProcessSandbox::new(reason)))
+            }
+        },
+    }
+}
+
+/// A sandbox tier: starts execution environments.
+pub trait Sandbox: Send + Sync + std::fmt::Debug {
+    fn tier(&self) -> SandboxTier;
+    /// One human line for the server's start-up log, e.g.
+    /// `"linux (namespaces, cgroup v1 memory+cpu+pids, seccomp, /tmp on ext4 images)"` or
+    /// `"process (NO ISOLATION: not running as root)"`.
+    fn describe(&self) -> String;
+    /// Starts one environment. Blocking; returns once the function's process has exec'd
+    /// (so setup failures come back here as errors), typically in about a millisecond.
+    fn start(&self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError>;
+}
+
+/// What to run and with which limits.
+#[derive(Debug, Clone)]
+pub struct EnvironmentSpec {
+    /// Unique, `[a-zA-Z0-9-]`, at most 64 characters; names the cgroup etc.
+    pub environment_id: String,
+    /// Host directory mounted read-only at `/var/task`. The sandbox user (uid 993) must be
+    /// able to read it.
+    pub task_dir: PathBuf,
+    /// Host directory mounted read-only at `/opt`.
+    pub opt_dir: Option<PathBuf>,
+    /// `(host dir, sandbox path)` pairs mounted read-only, for managed runtimes.
+    pub runtime_mounts: Vec<(PathBuf, PathBuf)>,
+    pub memory_mb: u32,
+    pub ephemeral_storage_mb: u32,
+    /// `argv[0]` is a path inside the sandbox, e.g. `/var/task/bootstrap`.
+    pub argv: Vec<String>,
+    /// The complete environment except `AWS_LAMBDA_RUNTIME_API`, which the sandbox sets.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox, normally `/var/task`.
+    pub cwd: String,
+}
+
+/// A running environment.
+#[derive(Debug)]
+pub struct StartedEnvironment {
+    /// Serve the Runtime API on this (blocking mode; set it non-blocking for tokio).
+    pub runtime_api_listener: std::net::TcpListener,
+    /// What `AWS_LAMBDA_RUNTIME_API` was set to, e.g. `127.0.0.1:9001`.
+    pub runtime_api_address: String,
+    /// Read end of the one pipe carrying the function's stdout and stderr.
+    pub output: std::fs::File,
+    pub handle: Box<dyn EnvironmentHandle>,
+}
+
+/// Control over one running environment.
+pub trait EnvironmentHandle: Send + Sync + std::fmt::Debug {
+    /// The environment's top process as seen from the host (the init in the linux tier).
+    fn pid(&self) -> u32;
+    /// Blocks until the environment's main process exits (call from a blocking thread).
+    /// Later calls return the same result.
+    fn wait(&self) -> Result<EnvironmentExit, SandboxError>;
+    /// Kills every process of the environment. Idempotent.
+    fn kill(&self);
+    /// Peak memory of the environment in bytes, from the cgroup; `None` when unknown.
+    fn max_memory_used_bytes(&self) -> Option<u64>;
+    /// Kills what is left, reaps, and releases cgroups and `/tmp` storage. Idempotent;
+    /// dropping the handle does it too.
+    fn destroy(&self);
+}
+
+/// How an environment's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvironmentExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Killed by the kernel's OOM killer for exceeding MemorySize.
+    pub oom_killed: bool,
+}
+
+impl EnvironmentExit {
+    pub(crate) fn from_wait_status(status: i32) -> Self {
+        if libc::WIFEXITED(status) {
+            EnvironmentExit {
+                code: Some(libc::WEXITSTATUS(status)),
+                signal: None,
+                oom_killed: false,
+            }
+        } else if libc::WIFSIGNALED(status) {
+            EnvironmentExit {
+                code: None,
+                signal: Some(libc::WTERMSIG(status)),
+                oom_killed: false,
+            }
+        } else {
+            EnvironmentExit {
+                code: None,
+                signal: None,
+                oom_killed: false,
+            }
+        }
+    }
+}
+
+/// Formats like Go's `os.ProcessState`, which is what Lambda prints after
+/// "Runtime exited with error: ": `exit status 127`, `signal: killed`.
+impl std::fmt::Display for EnvironmentExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit status {code}"),
+            (None, Some(signal)) => write!(f, "signal: {}", signal_name(signal)),
+            (None, None) => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+/// Go's names for signals (`syscall.Signal.String()`), as Lambda reports them.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "hangup",
+        libc::SIGINT => "interrupt",
+        libc::SIGQUIT => "quit",
+        libc::SIGILL => "illegal instruction",
+        libc::SIGTRAP => "trace/breakpoint trap",
+        libc::SIGABRT => "aborted",
+        libc::SIGBUS => "bus error",
+        libc::SIGFPE => "floating point exception",
+        libc::SIGKILL => "killed",
+        libc::SIGUSR1 => "user defined signal 1",
+        libc::SIGSEGV => "segmentation fault",
+        libc::SIGUSR2 => "user defined signal 2",
+        libc::SIGPIPE => "broken pipe",
+        libc::SIGALRM => "alarm clock",
+        libc::SIGTERM => "terminated",
+        libc::SIGSYS => "bad system call",
+        libc::SIGXCPU => "CPU time limit exceeded",
+        libc::SIGXFSZ => "file size limit exceeded",
+        other => return format!("signal {other}"),
+    };
+    name.to_owned()
+}
+
+/// Checks the parts of a spec every tier relies on.
+pub(crate) fn validate_spec(spec: &EnvironmentSpec) -> Result<(), SandboxError> {
+    let invalid = |reason: String| SandboxError::InvalidSpec {
+        environment_id: spec.environment_id.clone(),
+        reason,
+    };
+    let id = &spec.environment_id;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(invalid(format!(
+            "environment id {id:?} must be 1-64 characters of [a-zA-Z0-9-]"
+        )));
+    }
+    if spec.argv.is_empty() {
+        return Err(invalid(
+            "argv is empty; argv[0] must be the program to run".to_owned(),
+        ));
+    }
+    if !spec.argv[0].starts_with('/') {
+        return Err(invalid(format!(
+            "argv[0] {:?} must be an absolute path",
+            spec.argv[0]
+        )));
+    }
+    if spec.memory_mb < 1 {
+        return Err(invalid("memory_mb must be at least 1".to_owned()));
+    }
+    if spec.ephemeral_storage_mb < 1 {
+        return Err(invalid(
+            "ephemeral_storage_mb must be at least 1".to_owned(),
+        ));
+    }
+    for (name, _) in &spec.env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable name {name:?} is invalid"
+            )));
+        }
+    }
+    let has_nul = spec.argv.iter().any(|a| a.contains('\0'))
+        || spec.env.iter().any(|(_, v)| v.contains('\0'))
+        || spec.cwd.contains('\0');
+    if has_nul {
+        return Err(invalid(
+            "argv, env values and cwd must not contain NUL bytes".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> EnvironmentSpec {
+        EnvironmentSpec {
+            environment_id: "fn-1".into(),
+            task_dir: "/srv/task".into(),
+            opt_dir: None,
+            runtime_mounts: vec![],
+            memory_mb: 128,
+            ephemeral_storage_mb: 512,
+            argv: vec!["/var/task/bootstrap".into()],
+            env: vec![],
+            cwd: "/var/task".into(),
+        }
+    }
+
+    #[test]
+    fn exit_formats_like_lambda() {
+        let exited = EnvironmentExit::from_wait_status(127 << 8);
+        assert_eq!(exited.to_string(), "exit status 127");
+        let killed = EnvironmentExit::from_wait_status(libc::SIGKILL);
+        assert_eq!(killed.signal, Some(9));
+        assert_eq!(killed.to_string(), "signal: killed");
+        assert_eq!(
+            EnvironmentExit::from_wait_status(libc::SIGSEGV).to_string(),
+            "signal: segmentation fault"
+        );
+    }
+
+    #[test]
+    fn spec_validation_names_the_offending_value() {
+        assert!(validate_spec(&spec()).is_ok());
+        let mut bad = spec();
+        bad.environment_id = "../etc".into();
+        let err = validate_spec(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"../etc\""), "{err}");
+        let mut bad = spec();
+        bad.argv = vec!["bootstrap".into()];
+        assert!(
+            validate_spec(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("\"bootstrap\"")
+        );
+        let mut bad = spec();
+        bad.env = vec![("A=B".into(), "x".into())];
+        assert!(validate_spec(&bad).is_err());
+    }
+}
