@@ -73,7 +73,13 @@ impl Environment {
             cwd: "/var/task".to_owned(),
         };
         let _guard = runtime.enter();
+        let sandbox_started = std::time::Instant::now();
         let started = sandbox.start(&spec).map_err(EngineError::Sandbox)?;
+        tracing::debug!(
+            elapsed_us = sandbox_started.elapsed().as_micros() as u64,
+            environment = %context.environment_id,
+            "sandbox started"
+        );
         let handle: Arc<dyn EnvironmentHandle> = Arc::from(started.handle);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let runtime_api = match lamina_runtime_api::serve(started.runtime_api_listener, async {
@@ -145,11 +151,9 @@ impl Environment {
         self.exit.borrow().is_some()
     }
 
-    pub fn max_memory_used_mb(&self) -> u64 {
-        self.handle
-            .max_memory_used_bytes()
-            .map(|bytes| bytes.div_ceil(1024 * 1024))
-            .unwrap_or(0)
+    /// What reads the environment's peak memory for its `REPORT` lines.
+    pub fn memory_meter(&self) -> Arc<dyn EnvironmentHandle> {
+        self.handle.clone()
     }
 
     pub fn set_init_timing(&self, timing: InitTiming) {

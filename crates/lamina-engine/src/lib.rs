@@ -342,8 +342,19 @@ impl Engine {
         let version = slot.version.clone();
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let task_dir = code.extracted_dir(&version.code.sha256_hex)?;
-            Environment::start(&sandbox, &version, &task_dir, &context, &logs, &runtime)
+            tracing::debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "code located"
+            );
+            let environment =
+                Environment::start(&sandbox, &version, &task_dir, &context, &logs, &runtime);
+            tracing::debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "execution environment started"
+            );
+            environment
         })
         .await
         .map_err(|e| EngineError::Internal {
@@ -389,9 +400,15 @@ impl Engine {
                     version.settings.runtime.as_deref().unwrap_or("unknown")
                 )));
                 match self.wait_until_ready(&environment).await {
-                    Ok(()) => environment.set_init_timing(InitTiming {
-                        duration: init_started.elapsed(),
-                    }),
+                    Ok(()) => {
+                        tracing::debug!(
+                            elapsed_us = init_started.elapsed().as_micros() as u64,
+                            "runtime ready"
+                        );
+                        environment.set_init_timing(InitTiming {
+                            duration: init_started.elapsed(),
+                        })
+                    }
                     Err(ending) => {
                         return Ok(self
                             .finish(
@@ -545,24 +562,27 @@ impl Engine {
                 )
             }
         };
-        let mut lines = vec![format!("END RequestId: {request_id}")];
         let billed = duration.as_nanos().div_ceil(1_000_000).max(1);
-        let mut report = format!(
-            "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
+        let head = format!(
+            "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB",
             duration.as_secs_f64() * 1000.0,
             version.settings.memory_mb,
-            environment.max_memory_used_mb(),
         );
+        let mut report_tail = String::new();
         if let Some(init) = init {
-            report.push_str(&format!(
+            report_tail.push_str(&format!(
                 "\tInit Duration: {:.2} ms",
                 init.duration.as_secs_f64() * 1000.0
             ));
         }
         if let Some(status) = status {
-            report.push_str(&status);
+            report_tail.push_str(&status);
         }
-        lines.push(report);
+        let report = log_relay::Report {
+            head,
+            tail: report_tail,
+            memory: environment.memory_meter(),
+        };
         let (tail_tx, tail_rx) = if request.tail_log {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
@@ -570,7 +590,8 @@ impl Engine {
             (None, None)
         };
         let _ = environment.logs.send(LogControl::End {
-            lines,
+            end_line: format!("END RequestId: {request_id}"),
+            report,
             tail: tail_tx,
         });
         if healthy && !slot.retired.load(Ordering::SeqCst) && !environment.has_exited() {

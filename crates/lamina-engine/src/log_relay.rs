@@ -27,12 +27,41 @@ pub enum LogControl {
     /// A platform line outside any invocation (`INIT_START`).
     Platform(String),
     Start(String),
-    /// Ends an invocation: the lines to append after the drained output, and where to
-    /// send the invocation's log tail.
+    /// Ends an invocation: `END`, then the `REPORT` line with `Max Memory Used` read
+    /// here, off the response path, then where to send the invocation's log tail.
     End {
-        lines: Vec<String>,
+        end_line: String,
+        report: Report,
         tail: Option<oneshot::Sender<String>>,
     },
+}
+
+/// The parts of a `REPORT` line known when the invocation ends.
+pub struct Report {
+    /// `REPORT RequestId: ...\tMemory Size: N MB` — everything before `Max Memory Used`.
+    pub head: String,
+    /// Everything after it (`\tInit Duration: ...`, `\tStatus: ...`).
+    pub tail: String,
+    pub memory: std::sync::Arc<dyn lamina_sandbox::EnvironmentHandle>,
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Report")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Report {
+    fn line(&self) -> String {
+        let used_mb = self
+            .memory
+            .max_memory_used_bytes()
+            .map(|bytes| bytes.div_ceil(1024 * 1024))
+            .unwrap_or(0);
+        format!("{}\tMax Memory Used: {used_mb} MB{}", self.head, self.tail)
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -132,7 +161,7 @@ pub fn spawn(
                             relay.invocation_text.clear();
                             relay.line(line);
                         }
-                        LogControl::End { lines, tail } => {
+                        LogControl::End { end_line, report, tail } => {
                             // Whatever the function wrote before answering is in the
                             // pipe already: take it before the END line.
                             while pipe_open {
@@ -144,9 +173,8 @@ pub fn spawn(
                                 }
                             }
                             relay.flush_partial();
-                            for line in lines {
-                                relay.line(line);
-                            }
+                            relay.line(end_line);
+                            relay.line(report.line());
                             if let Some(tail) = tail {
                                 let _ = tail.send(tail_of(&relay.invocation_text));
                             }

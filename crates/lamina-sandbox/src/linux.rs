@@ -1,19 +1,32 @@
 //! The linux tier: namespaces + cgroups + an unprivileged, capability-less, seccomp'd
 //! process, assembled by Lamina itself.
 //!
+//! Opening ([`LinuxSandbox::open`]) probes root, cgroups and namespaces, sets the cgroup
+//! mount option `favordynmods` if missing ([`crate::cgroup::favordynmods`]: moving a task
+//! into a v1 cgroup otherwise waits for an RCU grace period, 5–18 ms), and forks the
+//! spawner process ([`crate::spawner`]) before anything starts a thread.
+//!
 //! Start sequence ([`LinuxSandbox::start`]):
-//! 1. parent: create the environment's cgroups with their limits, take a `/tmp` image from
-//!    the pool, prepare every C string the child needs (the child must not allocate);
-//! 2. `clone3(CLONE_NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET|CLONE_PIDFD[|CLONE_INTO_CGROUP])`;
+//! 1. server: create the environment's cgroups with their limits, take a `/tmp` image from
+//!    the pool, build the mount plan and every C string the child needs, and send them to
+//!    the spawner in one request (with the cgroup2 directory as a descriptor);
+//! 2. spawner: `clone3(CLONE_NEWNS|NEWPID|NEWIPC|NEWUTS|NEWNET|CLONE_PIDFD[|CLONE_INTO_CGROUP])`
+//!    from its own small address space;
 //! 3. in parallel — child: build the root ([`crate::mount_plan`]) and wait on the *go*
-//!    pipe; parent: join the child to the v1 hierarchies (v2 needs nothing: it was cloned
-//!    into its cgroup) and, from a short-lived thread inside the child's network
-//!    namespace, bring `lo` up and bind `127.0.0.1:9001` ([`crate::net`]);
-//! 4. parent writes *go*; the child unshares its cgroup namespace (after joining, so it
-//!    sees `/` rather than `../..`), becomes the environment's init and forks the function
-//!    process, which drops privileges, installs seccomp and execs;
-//! 5. the parent reads the *ready* pipe (close-on-exec) until EOF: exec succeeded; or a
+//!    pipe; spawner: join the child to the v1 hierarchies (v2 needs nothing: it was cloned
+//!    into its cgroup) and, `setns`'d into the child's network namespace and back, bring
+//!    `lo` up and bind `127.0.0.1:9001` ([`crate::net`]); write *go* and reply with the pid
+//!    and, over `SCM_RIGHTS`, the listener, the output/status/ready pipes and the pidfd;
+//! 4. the child unshares its cgroup namespace (after joining, so it sees `/` rather than
+//!    `../..`), becomes the environment's init and forks the function process, which drops
+//!    privileges, installs seccomp and execs;
+//! 5. the server reads the *ready* pipe (close-on-exec) until EOF: exec succeeded; or a
 //!    record naming the failed step, which `start()` returns as an error.
+//!
+//! The init is the spawner's child; the spawner ignores `SIGCHLD`, so the kernel reaps it.
+//! The server needs no parenthood: [`EnvironmentHandle::wait`] reads the function's status
+//! from the status pipe and waits for the init on its pidfd; `kill` uses `cgroup.kill` and
+//! `pidfd_send_signal`.
 //!
 //! The init (PID 1 of the namespace) reaps orphans, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/
 //! SIGUSR1/SIGUSR2 to the function, writes the function's wait status to the *status* pipe
@@ -22,17 +35,18 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cgroup::{CgroupFs, CgroupLayout, EnvCgroup, RealCgroupFs};
+use crate::cgroup::{self, CgroupFs, CgroupLayout, EnvCgroup, FavorDynmods, RealCgroupFs};
 use crate::mount_plan::{
     self, HostFacts, MountPlan, RootSpec, SANDBOX_GID, SANDBOX_UID, SyscallMountOps, TmpSource,
 };
-use crate::net::{self, NetworkMode, RUNTIME_API_ADDR};
+use crate::net::{NetworkMode, RUNTIME_API_ADDR};
 use crate::seccomp::{self, CompiledFilters};
+use crate::spawner::{self, ChildConfig, Outcome, SpawnError, Spawner, StartRequest, WireSteps};
 use crate::sys;
 use crate::tmp_pool::{Ext4Pool, TmpLease, TmpStorage, TmpfsStorage};
 use crate::{
@@ -40,7 +54,7 @@ use crate::{
     SandboxTier, StartedEnvironment,
 };
 
-const NAMESPACES: u64 = (libc::CLONE_NEWNS
+pub(crate) const NAMESPACES: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS
@@ -56,10 +70,11 @@ pub(crate) struct LinuxSandbox {
     layout: CgroupLayout,
     cgroups: Arc<dyn CgroupFs>,
     facts: HostFacts,
-    filters: CompiledFilters,
     tmp: Arc<dyn TmpStorage>,
-    cap_last_cap: u32,
-    network: NetworkMode,
+    /// Clones the environments (see [`crate::spawner`] for why).
+    spawner: Spawner,
+    /// Whether cgroup migrations skip the RCU grace period (see [`cgroup::favordynmods`]).
+    favordynmods: Result<String, String>,
 }
 
 impl Drop for LinuxSandbox {
@@ -89,6 +104,7 @@ impl LinuxSandbox {
             std::fs::read_to_string(root.join("cgroup.controllers")).ok()
         })
         .map_err(unavailable)?;
+        let favordynmods = enable_favordynmods(&mountinfo);
         let cgroups: Arc<dyn CgroupFs> = Arc::new(RealCgroupFs);
         layout
             .prepare_parent(cgroups.as_ref(), &opts.cgroup_parent)
@@ -104,6 +120,19 @@ impl LinuxSandbox {
         std::fs::create_dir_all(&root_dir)
             .map_err(|e| SandboxError::io("creating", &root_dir, e))?;
         let filters = seccomp::compile()?;
+        let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        // Before anything below starts a thread (the /tmp pool does), so that the spawner
+        // is normally a copy of a single-threaded process; it does not rely on it.
+        probe_namespaces()?;
+        let spawner = Spawner::new(ChildConfig {
+            filters,
+            cap_last_cap,
+            network: NetworkMode::LoopbackOnly,
+        })
+        .map_err(|e| unavailable(format!("cannot fork the spawner process: {e}")))?;
         let tmp: Arc<dyn TmpStorage> = match Ext4Pool::open(&opts.state_dir.join("tmp")) {
             Ok(pool) => Arc::new(pool),
             Err(err) => {
@@ -113,64 +142,103 @@ impl LinuxSandbox {
                 })
             }
         };
-        let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(63);
-        let sandbox = LinuxSandbox {
+        Ok(LinuxSandbox {
             root_dir,
             cgroup_parent: opts.cgroup_parent.trim_matches('/').to_owned(),
             layout,
             cgroups,
             facts: HostFacts::probe(),
-            filters,
             tmp,
-            cap_last_cap,
-            network: NetworkMode::LoopbackOnly,
-        };
-        sandbox.probe_namespaces()?;
-        Ok(sandbox)
+            spawner,
+            favordynmods,
+        })
     }
+}
 
-    /// Clones a child into every namespace the tier uses and lets it exit at once.
-    fn probe_namespaces(&self) -> Result<(), SandboxError> {
-        // SAFETY: the child only calls _exit.
-        match unsafe { sys::clone3(NAMESPACES, None) }.or_else(|_| {
-            // SAFETY: as above.
-            unsafe { sys::clone_legacy(NAMESPACES) }
-        }) {
-            Ok(None) => {
-                // SAFETY: async-signal-safe exit of the child.
-                unsafe { libc::_exit(0) }
+/// Makes cgroup migrations cheap ([`cgroup::favordynmods`]): remounts the cgroup2 mount
+/// (or a v1 hierarchy) with `favordynmods` unless it has it. Best effort.
+fn enable_favordynmods(mountinfo: &str) -> Result<String, String> {
+    match cgroup::favordynmods(mountinfo) {
+        Ok(FavorDynmods::AlreadyOn { mount_point }) => {
+            tracing::debug!(mount_point = %mount_point.display(), "cgroup favordynmods already on");
+            Ok(format!("favordynmods on {}", mount_point.display()))
+        }
+        Ok(FavorDynmods::Remount(plan)) => {
+            let target = mount_plan::cstring(&plan.mount_point)?;
+            let data = CString::new(plan.data.as_str()).map_err(|e| e.to_string())?;
+            // SAFETY: valid NUL-terminated strings; a remount takes no source or type.
+            let ret = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    plan.flags,
+                    data.as_ptr().cast(),
+                )
+            };
+            if ret < 0 {
+                let err = std::io::Error::last_os_error();
+                tracing::warn!(
+                    mount_point = %plan.mount_point.display(), data = %plan.data, %err,
+                    "could not remount the cgroup hierarchy with favordynmods; moving a process into a cgroup will wait for an RCU grace period (5-18 ms per start)"
+                );
+                return Err(format!("remount failed: {err}"));
             }
-            Ok(Some(child)) => match sys::wait_pid(child.pid) {
-                Ok(status) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
-                Ok(status) => Err(unavailable(format!(
-                    "namespace probe child ended with wait status {status}"
-                ))),
-                Err(e) => Err(unavailable(format!("waiting for the namespace probe: {e}"))),
-            },
-            Err(e) => Err(unavailable(format!(
-                "cannot create mount/pid/ipc/uts/net namespaces: {e}"
-            ))),
+            tracing::info!(
+                mount_point = %plan.mount_point.display(), data = %plan.data,
+                "remounted the cgroup hierarchy with favordynmods (system-wide: cgroup migrations no longer wait for an RCU grace period)"
+            );
+            Ok(format!(
+                "favordynmods set on {}",
+                plan.mount_point.display()
+            ))
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "cannot enable cgroup favordynmods; cgroup migrations stay slow");
+            Err(reason)
         }
     }
 }
 
-/// Everything the child needs, prepared by the parent so the child never allocates.
-struct ChildContext<'a> {
-    steps: &'a [mount_plan::MountStep],
-    go_r: RawFd,
-    ready_w: RawFd,
-    status_w: RawFd,
-    out_w: RawFd,
-    keep_fds: [RawFd; 4],
-    path: &'a CStr,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
-    cwd: &'a CStr,
-    filters: &'a CompiledFilters,
-    cap_last_cap: u32,
+/// Clones a child into every namespace the tier uses and lets it exit at once.
+fn probe_namespaces() -> Result<(), SandboxError> {
+    // SAFETY: the child only calls _exit.
+    match unsafe { sys::clone3(NAMESPACES, None) }.or_else(|_| {
+        // SAFETY: as above.
+        unsafe { sys::clone_legacy(NAMESPACES) }
+    }) {
+        Ok(None) => {
+            // SAFETY: async-signal-safe exit of the child.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(Some(child)) => match sys::wait_pid(child.pid) {
+            Ok(status) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
+            Ok(status) => Err(unavailable(format!(
+                "namespace probe child ended with wait status {status}"
+            ))),
+            Err(e) => Err(unavailable(format!("waiting for the namespace probe: {e}"))),
+        },
+        Err(e) => Err(unavailable(format!(
+            "cannot create mount/pid/ipc/uts/net namespaces: {e}"
+        ))),
+    }
+}
+
+/// Everything the child needs, prepared by the spawner (from the server's request, decoded
+/// in place) so the child never allocates.
+pub(crate) struct ChildContext<'a> {
+    pub steps: WireSteps<'a>,
+    pub go_r: RawFd,
+    pub ready_w: RawFd,
+    pub status_w: RawFd,
+    pub out_w: RawFd,
+    pub keep_fds: [RawFd; 4],
+    pub path: &'a CStr,
+    pub argv: &'a [*const libc::c_char],
+    pub envp: &'a [*const libc::c_char],
+    pub cwd: &'a CStr,
+    pub filters: &'a CompiledFilters,
+    pub cap_last_cap: u32,
 }
 
 /// Stages the child reports on the ready pipe.
@@ -241,8 +309,11 @@ const FORWARDED: [i32; 6] = [
 ];
 
 /// The environment's init. Runs in the cloned child; allocation-free.
-fn init_main(ctx: &ChildContext<'_>) -> ! {
+pub(crate) fn init_main(ctx: &ChildContext<'_>) -> ! {
     sys::close_all_except(&ctx.keep_fds);
+    // The spawner ignores SIGCHLD (so the kernel reaps the inits); the init must not, or
+    // its own children would be reaped before it can collect the function's status.
+    sys::set_disposition(libc::SIGCHLD, libc::SIG_DFL);
     if let Err((step, errno)) = mount_plan::execute(ctx.steps, &mut SyscallMountOps) {
         report_and_exit(ctx.ready_w, Stage::Mount, step as u32, errno);
     }
@@ -476,8 +547,12 @@ impl Sandbox for LinuxSandbox {
     }
 
     fn describe(&self) -> String {
+        let favor = match &self.favordynmods {
+            Ok(_) => "favordynmods".to_owned(),
+            Err(reason) => format!("no favordynmods ({reason}): slow cgroup moves"),
+        };
         format!(
-            "linux (namespaces mnt+pid+ipc+uts+net, {}, uid {SANDBOX_UID}, no capabilities, seccomp, {})",
+            "linux (namespaces mnt+pid+ipc+uts+net, {} {favor}, uid {SANDBOX_UID}, no capabilities, seccomp, {}, spawner process)",
             self.layout.describe(),
             self.tmp.describe()
         )
@@ -544,44 +619,35 @@ impl Sandbox for LinuxSandbox {
             .map(|(k, v)| cstr(&format!("{k}={v}")))
             .chain([cstr(&format!("AWS_LAMBDA_RUNTIME_API={runtime_api}"))])
             .collect();
-        let argv: Vec<*const libc::c_char> = argv_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
-        let envp: Vec<*const libc::c_char> = env_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
         let cwd = cstr(&spec.cwd);
-
-        let pipe = |what: &'static str| sys::pipe().map_err(|e| SandboxError::syscall(what, id, e));
-        let (go_r, go_w) = pipe("pipe2 (go)")?;
-        let (ready_r, ready_w) = pipe("pipe2 (ready)")?;
-        let (status_r, status_w) = pipe("pipe2 (status)")?;
-        let (out_r, out_w) = pipe("pipe2 (output)")?;
-        let mut keep_fds = [
-            go_r.as_raw_fd(),
-            ready_w.as_raw_fd(),
-            status_w.as_raw_fd(),
-            out_w.as_raw_fd(),
-        ];
-        keep_fds.sort_unstable();
-        let ctx = ChildContext {
+        let (join, join_fallback) = env.cgroup.procs_to_join();
+        let join: Vec<CString> = join
+            .iter()
+            .map(mount_plan::cstring)
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        let join_fallback = join_fallback
+            .map(mount_plan::cstring)
+            .transpose()
+            .map_err(invalid)?;
+        let argv_refs: Vec<&CStr> = argv_c.iter().map(CString::as_c_str).collect();
+        let env_refs: Vec<&CStr> = env_c.iter().map(CString::as_c_str).collect();
+        let join_refs: Vec<&CStr> = join.iter().map(CString::as_c_str).collect();
+        let request = spawner::encode_request(&StartRequest {
             steps: &plan.steps,
-            go_r: go_r.as_raw_fd(),
-            ready_w: ready_w.as_raw_fd(),
-            status_w: status_w.as_raw_fd(),
-            out_w: out_w.as_raw_fd(),
-            keep_fds,
-            path: &argv_c[0],
-            argv: &argv,
-            envp: &envp,
+            argv: &argv_refs,
+            envp: &env_refs,
             cwd: &cwd,
-            filters: &self.filters,
-            cap_last_cap: self.cap_last_cap,
-        };
+            join: &join_refs,
+            join_if_not_cloned_into: join_fallback.as_deref(),
+        });
+        if request.len() > spawner::REQUEST_MAX {
+            return Err(invalid(format!(
+                "argv, environment and mounts take {} bytes; at most {} are supported",
+                request.len(),
+                spawner::REQUEST_MAX
+            )));
+        }
 
         let into = match &env.cgroup.clone_into {
             Some(dir) => Some(File::open(dir).map_err(|e| SandboxError::Cgroup {
@@ -591,54 +657,54 @@ impl Sandbox for LinuxSandbox {
             })?),
             None => None,
         };
-        // SAFETY: the child runs only `init_main`, which is allocation-free and uses
-        // async-signal-safe calls on data prepared above, then exits or execs.
-        let cloned = match unsafe { sys::clone3(NAMESPACES, into.as_ref().map(|f| f.as_raw_fd())) }
+        let spawned = match self
+            .spawner
+            .spawn(&request, into.as_ref().map(|f| f.as_fd()))
         {
-            Ok(cloned) => Ok(cloned),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOSYS | libc::EPERM | libc::E2BIG)
-                ) =>
-            {
-                // SAFETY: as above.
-                unsafe { sys::clone_legacy(NAMESPACES) }
+            Ok(spawned) => spawned,
+            Err(SpawnError::Spawner(reason)) => {
+                return Err(SandboxError::syscall(
+                    "start request to the sandbox's spawner process",
+                    id,
+                    std::io::Error::other(reason),
+                ));
             }
-            Err(e) => Err(e),
-        };
-        let (cloned_into, child) = match cloned {
-            Ok(Some(child)) => (into.is_some() && child.pidfd.is_some(), child),
-            Ok(None) => init_main(&ctx),
-            Err(e) => return Err(SandboxError::syscall("clone3", id, e)),
+            Err(SpawnError::Failed(reply)) => {
+                let source = std::io::Error::from_raw_os_error(reply.errno);
+                return Err(match reply.outcome {
+                    Outcome::CgroupJoin => {
+                        let path = join
+                            .get(reply.detail as usize)
+                            .or(join_fallback.as_ref())
+                            .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+                            .unwrap_or_default();
+                        SandboxError::Cgroup {
+                            action: format!("joining pid {}", reply.pid),
+                            path,
+                            source,
+                        }
+                    }
+                    Outcome::Network => SandboxError::syscall(
+                        "setns + bind 127.0.0.1:9001 in the environment's network namespace",
+                        id,
+                        source,
+                    ),
+                    Outcome::Clone => SandboxError::syscall("clone3", id, source),
+                    Outcome::Pipe => SandboxError::syscall("pipe2", id, source),
+                    Outcome::BadRequest | Outcome::Started => SandboxError::syscall(
+                        "start request to the sandbox's spawner process",
+                        id,
+                        source,
+                    ),
+                });
+            }
         };
         drop(into);
-        env.pid = child.pid;
-        env.pidfd = child.pidfd;
-        *env.status_r.lock().expect("status lock") = Some(File::from(status_r));
-        drop((go_r, ready_w, status_w, out_w));
+        env.pid = spawned.pid;
+        env.pidfd = spawned.pidfd;
+        *env.status_r.lock().expect("status lock") = Some(spawned.status_r);
+        let (listener, ready_r) = (spawned.listener, spawned.ready_r);
 
-        // The child builds its root meanwhile.
-        let mut join_dirs = env.cgroup.clone();
-        if !cloned_into && let Some(dir) = &env.cgroup.clone_into {
-            join_dirs.join_after_clone.push(dir.clone());
-        }
-        join_dirs.join(self.cgroups.as_ref(), child.pid as u32)?;
-        let listener = match &env.pidfd {
-            Some(pidfd) => net::configure(pidfd.as_fd(), self.network),
-            None => File::open(format!("/proc/{}/ns/net", child.pid))
-                .and_then(|ns| net::configure(ns.as_fd(), self.network)),
-        }
-        .map_err(|e| {
-            SandboxError::syscall(
-                "setns + bind 127.0.0.1:9001 in the environment's network namespace",
-                id,
-                e,
-            )
-        })?;
-
-        sys::write_raw(go_w.as_raw_fd(), b"g");
-        drop(go_w);
         let mut record = [0u8; 12];
         let got = sys::read_full(ready_r.as_raw_fd(), &mut record)
             .map_err(|e| SandboxError::syscall("read (ready pipe)", id, e))?;
@@ -673,8 +739,7 @@ impl Sandbox for LinuxSandbox {
         Ok(StartedEnvironment {
             runtime_api_listener: listener,
             runtime_api_address: runtime_api,
-            // SAFETY: transferring ownership of our pipe's read end.
-            output: unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(out_r)) },
+            output: spawned.output,
             handle: Box::new(env),
         })
     }
@@ -684,7 +749,7 @@ impl Sandbox for LinuxSandbox {
 #[derive(Debug)]
 struct LinuxEnvironment {
     id: String,
-    /// The init, in the host's PID namespace.
+    /// The init, in the host's PID namespace (a child of the spawner, not of the server).
     pid: libc::pid_t,
     pidfd: Option<OwnedFd>,
     status_r: Mutex<Option<File>>,
@@ -714,10 +779,10 @@ impl EnvironmentHandle for LinuxEnvironment {
                 std::io::Error::from_raw_os_error(libc::ECHILD),
             ));
         }
-        let init_status =
-            sys::wait_pid(self.pid).map_err(|e| SandboxError::syscall("waitpid", &self.id, e))?;
-        // The init writes the function's status before it exits; without it (the init
-        // itself was killed) the init's own status tells what happened.
+        // The init is the spawner's child, not ours (the kernel reaps it). It writes the
+        // function's wait status before it exits; EOF without a status means the init
+        // itself died first, and only SIGKILL can do that (it blocks or handles every
+        // other signal, and has oom_score_adj -1000).
         let mut buf = [0u8; 4];
         let main_status = self
             .status_r
@@ -727,6 +792,11 @@ impl EnvironmentHandle for LinuxEnvironment {
             .and_then(|f| sys::read_full(f.as_raw_fd(), &mut buf).ok())
             .filter(|n| *n == 4)
             .map(|_| i32::from_ne_bytes(buf));
+        // Then until the init is gone, as when we reaped it ourselves.
+        if let Some(pidfd) = &self.pidfd {
+            sys::wait_pidfd_exit(pidfd.as_raw_fd());
+        }
+        let init_status = libc::SIGKILL;
         let mut result = EnvironmentExit::from_wait_status(main_status.unwrap_or(init_status));
         if result.signal == Some(libc::SIGKILL) && self.cgroup.oom_kills(self.cgroups.as_ref()) > 0
         {
@@ -747,7 +817,9 @@ impl EnvironmentHandle for LinuxEnvironment {
                 let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
             }
             None => {
-                // Without a pidfd, only signal while the init is unreaped (no PID reuse).
+                // Without a pidfd (kernels before 5.3), only signal until wait() has seen
+                // the init exit. The spawner reaps it, so a PID reused in the short gap
+                // between the init's exit and wait() is possible; pidfds close that gap.
                 if let Ok(exit) = self.exit.try_lock()
                     && exit.is_none()
                     && self.pid > 0
@@ -785,5 +857,79 @@ impl EnvironmentHandle for LinuxEnvironment {
 impl Drop for LinuxEnvironment {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_dead_spawner_fails_one_start_and_is_replaced() {
+        if !is_root() {
+            eprintln!("!!!!! SKIPPED: needs root !!!!!");
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let task = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            task.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let parent = format!("lamina-unit-{}", std::process::id());
+        let sandbox = LinuxSandbox::open(&SandboxOptions {
+            state_dir: state.path().to_owned(),
+            cgroup_parent: parent.clone(),
+        })
+        .unwrap();
+        let spec = |n: u32| EnvironmentSpec {
+            environment_id: format!("respawn-{n}"),
+            task_dir: task.path().to_owned(),
+            opt_dir: None,
+            runtime_mounts: vec![],
+            memory_mb: 128,
+            ephemeral_storage_mb: 16,
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo ok".into()],
+            env: vec![],
+            cwd: "/".into(),
+        };
+        let run = |n: u32| -> Result<(String, EnvironmentExit), SandboxError> {
+            let mut started = sandbox.start(&spec(n))?;
+            let mut out = String::new();
+            started.output.read_to_string(&mut out).unwrap();
+            let exit = started.handle.wait()?;
+            started.handle.destroy();
+            Ok((out, exit))
+        };
+        assert_eq!(run(1).unwrap().0, "ok\n");
+
+        let old = sandbox.spawner.pid().unwrap();
+        // SAFETY: kill(2) has no memory arguments; `old` is our child.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let err = run(2).unwrap_err().to_string();
+        assert!(err.contains("spawner"), "{err}");
+        let new = sandbox.spawner.pid().unwrap();
+        assert_ne!(old, new);
+        let (out, exit) = run(3).unwrap();
+        assert_eq!((out.as_str(), exit.code), ("ok\n", Some(0)));
+
+        // The spawner's children (the inits) are reaped, not left as zombies.
+        let zombies =
+            std::fs::read_to_string(format!("/proc/{new}/task/{new}/children")).unwrap_or_default();
+        assert_eq!(zombies.trim(), "", "the spawner still has children");
+        drop(sandbox);
+        // Dropping the sandbox ends (and reaps) the spawner.
+        assert!(!Path::new(&format!("/proc/{new}")).exists());
+        for root in ["memory", "cpu", "pids", "unified"] {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(root).join(&parent));
+        }
     }
 }

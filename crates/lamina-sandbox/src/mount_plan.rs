@@ -1,9 +1,10 @@
 //! The environment's root file system, as a list of steps computed in the parent.
 //!
-//! The child (a raw clone of a multi-threaded server) must not allocate: another thread may
-//! have held the allocator's lock at clone time. So [`MountPlan::build`] turns the spec into
-//! [`MountStep`]s whose C strings are all prepared in the parent, and the child only walks
-//! the slice through [`MountOps`] (real syscalls in [`SyscallMountOps`]; a recording double in
+//! The child (a raw clone of the spawner, itself a fork of a possibly multi-threaded server)
+//! must not allocate: another thread may have held the allocator's lock at fork time. So
+//! [`MountPlan::build`] turns the spec into [`MountStep`]s whose C strings are all prepared
+//! in the server, the spawner receives them encoded and the child walks borrowed
+//! [`MountStepRef`]s decoded in place, through [`MountOps`] (real syscalls in [`SyscallMountOps`]; a recording double in
 //! the tests).
 //!
 //! The root is a small tmpfs (a few KB of directories and the generated `/etc/passwd`),
@@ -430,31 +431,90 @@ pub(crate) trait MountOps {
     fn pivot_root(&mut self, new_root: &CStr) -> Result<(), i32>;
 }
 
-/// Runs the plan; on failure returns the index of the failed step and the errno.
-pub(crate) fn execute(steps: &[MountStep], ops: &mut impl MountOps) -> Result<(), (usize, i32)> {
-    for (index, step) in steps.iter().enumerate() {
-        let result = match step {
+/// A borrowed view of one [`MountStep`]: what the child walks. The spawner decodes these
+/// straight out of its request buffer ([`crate::spawner`]), without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MountStepRef<'a> {
+    Mount {
+        source: Option<&'a CStr>,
+        target: &'a CStr,
+        fstype: Option<&'a CStr>,
+        flags: c_ulong,
+        data: Option<&'a CStr>,
+    },
+    Mkdir {
+        path: &'a CStr,
+        mode: u32,
+    },
+    CreateFile {
+        path: &'a CStr,
+        contents: &'a [u8],
+        mode: u32,
+    },
+    Symlink {
+        target: &'a CStr,
+        link: &'a CStr,
+    },
+    PivotRoot {
+        new_root: &'a CStr,
+    },
+}
+
+impl MountStep {
+    pub(crate) fn as_ref(&self) -> MountStepRef<'_> {
+        match self {
             MountStep::Mount {
                 source,
                 target,
                 fstype,
                 flags,
                 data,
-            } => ops.mount(
-                source.as_deref(),
+            } => MountStepRef::Mount {
+                source: source.as_deref(),
                 target,
-                fstype.as_deref(),
-                *flags,
-                data.as_deref(),
-            ),
-            MountStep::Mkdir { path, mode } => ops.mkdir(path, *mode),
+                fstype: fstype.as_deref(),
+                flags: *flags,
+                data: data.as_deref(),
+            },
+            MountStep::Mkdir { path, mode } => MountStepRef::Mkdir { path, mode: *mode },
             MountStep::CreateFile {
                 path,
                 contents,
                 mode,
-            } => ops.create_file(path, contents, *mode),
-            MountStep::Symlink { target, link } => ops.symlink(target, link),
-            MountStep::PivotRoot { new_root } => ops.pivot_root(new_root),
+            } => MountStepRef::CreateFile {
+                path,
+                contents,
+                mode: *mode,
+            },
+            MountStep::Symlink { target, link } => MountStepRef::Symlink { target, link },
+            MountStep::PivotRoot { new_root } => MountStepRef::PivotRoot { new_root },
+        }
+    }
+}
+
+/// Runs the plan; on failure returns the index of the failed step and the errno.
+/// Allocation-free (the iterator must be too).
+pub(crate) fn execute<'a>(
+    steps: impl IntoIterator<Item = MountStepRef<'a>>,
+    ops: &mut impl MountOps,
+) -> Result<(), (usize, i32)> {
+    for (index, step) in steps.into_iter().enumerate() {
+        let result = match step {
+            MountStepRef::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => ops.mount(source, target, fstype, flags, data),
+            MountStepRef::Mkdir { path, mode } => ops.mkdir(path, mode),
+            MountStepRef::CreateFile {
+                path,
+                contents,
+                mode,
+            } => ops.create_file(path, contents, mode),
+            MountStepRef::Symlink { target, link } => ops.symlink(target, link),
+            MountStepRef::PivotRoot { new_root } => ops.pivot_root(new_root),
         };
         result.map_err(|errno| (index, errno))?;
     }
@@ -705,13 +765,16 @@ mod tests {
         };
         let plan = MountPlan::build(Path::new("/r"), &HostFacts::default(), &spec).unwrap();
         let mut ok = Recorder::default();
-        execute(&plan.steps, &mut ok).unwrap();
+        execute(plan.steps.iter().map(MountStep::as_ref), &mut ok).unwrap();
         assert_eq!(ok.calls.len(), plan.steps.len());
         let mut failing = Recorder {
             fail_at: Some(3),
             ..Default::default()
         };
-        assert_eq!(execute(&plan.steps, &mut failing), Err((3, libc::ENOENT)));
+        assert_eq!(
+            execute(plan.steps.iter().map(MountStep::as_ref), &mut failing),
+            Err((3, libc::ENOENT))
+        );
         assert_eq!(failing.calls.len(), 4);
     }
 }

@@ -1,15 +1,16 @@
 //! The environment's network namespace and its Runtime API socket.
 //!
 //! Each linux-tier environment has its own network namespace in which only `lo` exists.
-//! A short-lived thread of the server `setns(2)`s into it, brings `lo` up and binds the
-//! Runtime API listener on `127.0.0.1:9001` there; a socket stays in the namespace it was
-//! created in, so the main process serves it from its own namespace, and no function can
-//! reach another environment's Runtime API or the host's loopback services.
+//! The spawner process ([`crate::spawner`]) `setns(2)`s into it, brings `lo` up, binds the
+//! Runtime API listener on `127.0.0.1:9001` there and returns to its own namespace; a
+//! socket stays in the namespace it was created in, so the server serves it (received over
+//! `SCM_RIGHTS`) from its own namespace, and no function can reach another environment's
+//! Runtime API or the host's loopback services.
 //!
 //! Outbound network (a later step) plugs in at [`NetworkMode`]: the host end of a veth
 //! pair stays in the host namespace (bridged or NATed there), and [`configure`] moves the
 //! peer into the namespace, addresses it and adds the default route — all from the same
-//! thread, so nothing else in the start sequence changes.
+//! place, so nothing else in the start sequence changes.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -26,26 +27,39 @@ pub(crate) enum NetworkMode {
     // Later: `Veth { .. }` — outbound access through a veth pair and NAT on the host.
 }
 
-/// Enters the namespace `ns` (a pidfd or an `/proc/<pid>/ns/net` fd) on a fresh thread,
-/// configures it and returns the Runtime API listener created inside it.
-pub(crate) fn configure(ns: BorrowedFd<'_>, mode: NetworkMode) -> io::Result<TcpListener> {
-    let raw = ns.as_raw_fd();
-    // A new thread so that the caller's thread never changes namespace, even on error.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: setns(2) with a namespace or pidfd descriptor; affects only this thread.
-                if unsafe { libc::setns(raw, libc::CLONE_NEWNET) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                match mode {
-                    NetworkMode::LoopbackOnly => bring_up("lo")?,
-                }
-                TcpListener::bind(RUNTIME_API_ADDR)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("network set-up thread panicked")))
-    })
+/// Why [`configure`] failed.
+#[derive(Debug)]
+pub(crate) enum NetError {
+    /// Entering, configuring or binding in the environment's namespace failed; the calling
+    /// thread is back in its own namespace.
+    Setup(io::Error),
+    /// The calling thread could not return to `home`: it is stranded in the environment's
+    /// namespace and must not be used for anything else.
+    Stranded,
+}
+
+/// Enters the namespace `ns` (a pidfd or an `/proc/<pid>/ns/net` fd) on the *calling*
+/// thread, configures it, binds the Runtime API listener inside it and returns to `home`
+/// (the caller's own `/proc/self/ns/net`). Runs in the single-threaded spawner
+/// ([`crate::spawner`]); allocation-free.
+pub(crate) fn configure(
+    ns: BorrowedFd<'_>,
+    home: BorrowedFd<'_>,
+    mode: NetworkMode,
+) -> Result<TcpListener, NetError> {
+    // SAFETY: setns(2) with a namespace or pidfd descriptor; affects only this thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(NetError::Setup(io::Error::last_os_error()));
+    }
+    let result = match mode {
+        NetworkMode::LoopbackOnly => bring_up("lo"),
+    }
+    .and_then(|()| TcpListener::bind(RUNTIME_API_ADDR));
+    // SAFETY: as above, back into our own namespace.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(NetError::Stranded);
+    }
+    result.map_err(NetError::Setup)
 }
 
 /// `struct ifreq` with the flags member of the union.

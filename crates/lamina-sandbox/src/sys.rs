@@ -214,6 +214,170 @@ pub(crate) fn wait_pid(pid: libc::pid_t) -> io::Result<i32> {
     }
 }
 
+/// A `SOCK_SEQPACKET` unix socket pair, both ends close-on-exec.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Most descriptors one message carries.
+pub(crate) const MAX_FDS: usize = 8;
+
+/// Control-message buffer for [`MAX_FDS`] descriptors, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`). Allocation-free; never raises
+/// SIGPIPE.
+pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut cmsg = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(payload), libc::CMSG_LEN(payload)) };
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as usize;
+        // SAFETY: the control buffer is large enough (64 bytes >= CMSG_SPACE(8 * 4)) and
+        // aligned; CMSG_FIRSTHDR points into it and the copy stays within CMSG_LEN.
+        unsafe {
+            let hdr = libc::CMSG_FIRSTHDR(&msg);
+            (*hdr).cmsg_level = libc::SOL_SOCKET;
+            (*hdr).cmsg_type = libc::SCM_RIGHTS;
+            (*hdr).cmsg_len = len as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(hdr),
+                payload as usize,
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// What [`recv_with_fds`] got.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes of the message; 0 means the peer closed the connection.
+    pub len: usize,
+    /// The message or its descriptors did not fit.
+    pub truncated: bool,
+}
+
+/// Receives one message into `buf` and its descriptors (close-on-exec) into `fds`, in order.
+/// Descriptors beyond `fds.len()` are closed. Allocation-free.
+pub(crate) fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut [Option<OwnedFd>],
+) -> io::Result<Received> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len();
+    let n = loop {
+        // SAFETY: `msg` points at live, writable buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    };
+    let mut next = 0;
+    // SAFETY: walking the control messages the kernel wrote into `cmsg`, with the
+    // CMSG_* macros that bound every access by `msg_controllen`.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(hdr);
+                let bytes = (*hdr).cmsg_len - (data as usize - hdr as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    let owned = OwnedFd::from_raw_fd(fd);
+                    if let Some(slot) = fds.get_mut(next) {
+                        *slot = Some(owned);
+                    }
+                    next += 1;
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    Ok(Received {
+        len: n,
+        truncated: msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || next > fds.len(),
+    })
+}
+
+/// Blocks until the process behind `pidfd` has exited (it need not be our child).
+pub(crate) fn wait_pidfd_exit(pidfd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n > 0 || (n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return;
+        }
+    }
+}
+
+/// Sets a signal's disposition to `SIG_DFL` or `SIG_IGN`. Async-signal-safe.
+pub(crate) fn set_disposition(signal: i32, handler: libc::sighandler_t) {
+    // SAFETY: sigaction is plain data; all-zero is an empty mask and no flags.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    // SAFETY: `action` is a valid sigaction; only SIG_DFL/SIG_IGN are passed.
+    unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+}
+
 /// Formats a non-negative number into `buf`, returning the digits. Async-signal-safe.
 pub(crate) fn format_u32(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
     let mut i = buf.len();

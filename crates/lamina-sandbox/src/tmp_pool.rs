@@ -383,6 +383,12 @@ fn attach_and_mount(image: &Path, mount_point: &Path) -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
+    // Threads making images at once (a burst of starts on an empty pool) would all get
+    // the same free device from LOOP_CTL_GET_FREE and all but one lose LOOP_CONFIGURE
+    // with EBUSY, round after round: 64 concurrent starts exhausted the attempts below.
+    // Taking a free device and binding it is quick; do it one thread at a time.
+    static ATTACH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let attach = ATTACH.lock().unwrap_or_else(|p| p.into_inner());
     let mut last_err = io::Error::other("no free loop device");
     for attempt in 0..16 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument.
@@ -407,6 +413,7 @@ fn attach_and_mount(image: &Path, mount_point: &Path) -> io::Result<()> {
             last_err = io::Error::last_os_error();
             continue; // EBUSY: raced for the device; EINVAL: retry without direct I/O.
         }
+        drop(attach);
         let source = crate::mount_plan::cstring(&dev_path).map_err(io::Error::other)?;
         let target = crate::mount_plan::cstring(mount_point).map_err(io::Error::other)?;
         // SAFETY: valid NUL-terminated strings.
@@ -419,11 +426,11 @@ fn attach_and_mount(image: &Path, mount_point: &Path) -> io::Result<()> {
                 c"discard,noinit_itable".as_ptr().cast(),
             )
         };
-        // With AUTOCLEAR the device detaches once unmounted and closed: closing `dev`
-        // now (drop) leaves the mount as its only user.
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
+        // With AUTOCLEAR the device detaches once unmounted and closed: closing `dev`
+        // now (drop) leaves the mount as its only user.
         return Ok(());
     }
     Err(last_err)

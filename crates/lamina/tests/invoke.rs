@@ -606,3 +606,83 @@ fn logs_are_readable_with_the_aws_cli() {
     ]);
     assert!(ok && streams.contains("[$LATEST]"), "{streams}");
 }
+
+#[tokio::test]
+async fn idle_environments_are_reaped_after_the_idle_timeout() {
+    let server = LaminaServer::start_with(&["--idle-timeout", "1"]);
+    let client = server.client();
+    Deploy::new("reaped").create(&client).await;
+    assert_eq!(
+        invoke(&client, "reaped", json!({"action": "count"}))
+            .await
+            .payload,
+        json!({"count": 1})
+    );
+    assert_eq!(
+        invoke(&client, "reaped", json!({"action": "count"}))
+            .await
+            .payload,
+        json!({"count": 2}),
+        "warm within the idle timeout"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let after = invoke(&client, "reaped", json!({"action": "count"})).await;
+    assert_eq!(
+        after.payload,
+        json!({"count": 1}),
+        "a fresh environment after reaping"
+    );
+    assert!(after.log.unwrap().contains("Init Duration"));
+}
+
+#[tokio::test]
+async fn a_runtime_that_fails_to_start_is_reported_and_the_server_keeps_serving() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    // A bootstrap that dies during initialisation, before asking for an invocation.
+    let reports_init_error = b"#!/bin/sh\necho 'init went wrong' >&2\nexit 2\n";
+    client
+        .create_function()
+        .function_name("broken")
+        .runtime(Runtime::Providedal2023)
+        .role(ROLE)
+        .handler("bootstrap")
+        .code(
+            FunctionCode::builder()
+                .zip_file(Blob::new(zip_of(&[(
+                    "bootstrap",
+                    reports_init_error,
+                    0o755,
+                )])))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let failed = invoke(&client, "broken", json!({})).await;
+        assert_eq!(failed.function_error.as_deref(), Some("Unhandled"));
+        assert_eq!(
+            failed.payload["errorType"], "Runtime.ExitError",
+            "{}",
+            failed.payload
+        );
+        assert!(
+            failed.payload["errorMessage"]
+                .as_str()
+                .unwrap()
+                .ends_with("Error: Runtime exited with error: exit status 2"),
+            "{}",
+            failed.payload
+        );
+        assert!(failed.log.unwrap_or_default().contains("init went wrong"));
+    }
+    // Other functions are unaffected.
+    Deploy::new("healthy").create(&client).await;
+    assert_eq!(
+        invoke(&client, "healthy", json!({"action": "count"}))
+            .await
+            .payload,
+        json!({"count": 1})
+    );
+}

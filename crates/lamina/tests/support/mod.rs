@@ -24,17 +24,27 @@ pub struct LaminaServer {
 impl LaminaServer {
     /// Starts a server with a fresh data directory.
     pub fn start() -> LaminaServer {
+        LaminaServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `lamina serve` arguments and a fresh data directory.
+    pub fn start_with(args: &[&str]) -> LaminaServer {
         let temp = tempfile::tempdir().expect("temp dir");
-        let mut server = LaminaServer::start_in(temp.path());
+        let mut server = LaminaServer::launch(temp.path(), args);
         server._temp = Some(temp);
         server
     }
 
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(data_dir: &Path) -> LaminaServer {
+        LaminaServer::launch(data_dir, &[])
+    }
+
+    fn launch(data_dir: &Path, args: &[&str]) -> LaminaServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("LAMINA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
