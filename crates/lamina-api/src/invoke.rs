@@ -91,15 +91,19 @@ pub async fn invoke(
         }
         .into()),
         _ => {
-            let result = engine
-                .invoke(InvokeRequest {
-                    function_name: function.name,
-                    qualifier: function.qualifier,
-                    payload,
-                    client_context,
-                    tail_log: log_type == "Tail",
-                })
-                .await?;
+            let request = InvokeRequest {
+                function_name: function.name,
+                qualifier: function.qualifier,
+                payload,
+                client_context,
+                tail_log: log_type == "Tail",
+            };
+            // The invocation runs to its end in its own task, as on AWS, even if the caller
+            // hangs up: dropping it half-way would strand a busy environment.
+            let invocation = tokio::spawn(async move { engine.invoke(request).await });
+            let result = invocation.await.map_err(|e| ApiError::Internal {
+                detail: format!("invocation task failed: {e}"),
+            })??;
             let mut response = Response::new(Body::from(result.payload));
             let headers = response.headers_mut();
             headers.insert(

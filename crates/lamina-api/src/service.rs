@@ -47,11 +47,18 @@ pub struct ControlPlane {
 /// Whoever must forget a function's old state when it changes.
 pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
     fn function_changed(&self, function_name: &str);
+    /// Code trees still mounted by running environments: collection must keep them even
+    /// when no stored version references them any more.
+    fn code_in_use(&self) -> std::collections::HashSet<String>;
 }
 
 impl FunctionChangeListener for lamina_engine::Engine {
     fn function_changed(&self, function_name: &str) {
         lamina_engine::Engine::function_changed(self, function_name);
+    }
+
+    fn code_in_use(&self) -> std::collections::HashSet<String> {
+        lamina_engine::Engine::code_in_use(self)
     }
 }
 
@@ -500,7 +507,12 @@ impl ControlPlane {
             .store
             .referenced_code()
             .map_err(ApiError::from)
-            .and_then(|referenced| Ok(self.code.retain_only(&referenced)?));
+            .and_then(|mut keep| {
+                if let Some(listener) = &self.change_listener {
+                    keep.extend(listener.code_in_use());
+                }
+                Ok(self.code.retain_only(&keep)?)
+            });
         match result {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "unused code removed"),

@@ -14,11 +14,67 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::log_relay::{self, LogControl};
 use crate::{EngineError, InitTiming};
 
+/// Counts the environments using each code tree, so that code garbage collection leaves
+/// alone trees still mounted at some environment's `/var/task`.
+#[derive(Debug, Default)]
+pub struct CodeInUse {
+    counts: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl CodeInUse {
+    pub fn lease(self: &Arc<Self>, sha256_hex: &str) -> CodeLease {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sha256_hex.to_owned())
+            .or_default() += 1;
+        CodeLease {
+            registry: self.clone(),
+            sha256_hex: sha256_hex.to_owned(),
+        }
+    }
+
+    pub fn snapshot(&self) -> std::collections::HashSet<String> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+/// One environment's claim on a code tree; released when the environment is dropped.
+#[derive(Debug)]
+pub struct CodeLease {
+    registry: Arc<CodeInUse>,
+    sha256_hex: String,
+}
+
+impl Drop for CodeLease {
+    fn drop(&mut self) {
+        let mut counts = self
+            .registry
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.sha256_hex) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.sha256_hex);
+            }
+        }
+    }
+}
+
 /// Where a `provided` runtime's bootstrap may live, in the order Lambda looks.
 pub const BOOTSTRAP_PATHS: [&str; 2] = ["/var/task/bootstrap", "/opt/bootstrap"];
 
 #[derive(Debug)]
 pub struct Environment {
+    /// Keeps the code tree this environment has mounted safe from code collection.
+    _code: CodeLease,
     pub id: String,
     pub runtime_api: RuntimeApi,
     handle: Arc<dyn EnvironmentHandle>,
@@ -50,6 +106,7 @@ impl Environment {
         context: &StartContext,
         logs: &lamina_logs::LogSink,
         runtime: &tokio::runtime::Handle,
+        code_lease: CodeLease,
     ) -> Result<Arc<Environment>, EngineError> {
         let runtime_name = version.settings.runtime.clone().unwrap_or_default();
         if !lamina_model::runtime::is_os_only(&runtime_name) {
@@ -113,15 +170,30 @@ impl Environment {
         };
         let (exit_tx, exit_rx) = watch::channel(None);
         let waiter = handle.clone();
-        runtime.spawn_blocking(move || {
-            let exit = waiter.wait().unwrap_or(EnvironmentExit {
-                code: None,
-                signal: None,
-                oom_killed: false,
+        // A thread of its own, not the blocking pool: it waits for the environment's whole
+        // life, and a thousand warm environments would otherwise starve every other
+        // blocking task (cold starts, the control plane) of the pool's 512 threads.
+        let watcher = std::thread::Builder::new()
+            .name("lamina-exit".to_owned())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let exit = waiter.wait().unwrap_or(EnvironmentExit {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                });
+                let _ = exit_tx.send(Some(exit));
             });
-            let _ = exit_tx.send(Some(exit));
-        });
+        if let Err(source) = watcher {
+            handle.kill();
+            handle.destroy();
+            return Err(EngineError::Io {
+                what: "start the exit watcher",
+                source,
+            });
+        }
         Ok(Arc::new(Environment {
+            _code: code_lease,
             id: context.environment_id.clone(),
             runtime_api,
             handle,
@@ -154,6 +226,14 @@ impl Environment {
     /// What reads the environment's peak memory for its `REPORT` lines.
     pub fn memory_meter(&self) -> Arc<dyn EnvironmentHandle> {
         self.handle.clone()
+    }
+
+    /// Peak memory now, in MB, for environments about to be destroyed (their cgroup goes).
+    pub fn max_memory_used_mb(&self) -> u64 {
+        self.handle
+            .max_memory_used_bytes()
+            .map(|bytes| bytes.div_ceil(1024 * 1024))
+            .unwrap_or(0)
     }
 
     pub fn set_init_timing(&self, timing: InitTiming) {

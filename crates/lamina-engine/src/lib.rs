@@ -36,7 +36,7 @@ use lamina_sandbox::{EnvironmentExit, Sandbox, SandboxError};
 use lamina_store::{CodeError, CodeStore, MetadataStore, StoreError};
 
 pub use environment::BOOTSTRAP_PATHS;
-use environment::{Environment, StartContext};
+use environment::{CodeInUse, Environment, StartContext};
 use log_relay::LogControl;
 
 /// How long a runtime may take to initialise before its first invocation.
@@ -116,6 +116,10 @@ pub struct Engine {
     sandbox: Arc<dyn Sandbox>,
     logs: LogSink,
     slots: RwLock<HashMap<(String, String), Arc<VersionSlot>>>,
+    /// Bumped (under the `slots` write lock) by every function change, so a version read
+    /// from the store while a change lands is not cached over the change.
+    generation: AtomicU64,
+    code_in_use: Arc<CodeInUse>,
     environments_started: AtomicU64,
 }
 
@@ -180,12 +184,19 @@ impl Engine {
             sandbox,
             logs,
             slots: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            code_in_use: Arc::default(),
             environments_started: AtomicU64::new(0),
         })
     }
 
     pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
         &self.sandbox
+    }
+
+    /// Code trees some live environment has mounted: code collection must keep them.
+    pub fn code_in_use(&self) -> std::collections::HashSet<String> {
+        self.code_in_use.snapshot()
     }
 
     /// Starts the background reaper of idle environments.
@@ -234,6 +245,7 @@ impl Engine {
     pub fn function_changed(&self, function_name: &str) {
         let retired: Vec<Arc<VersionSlot>> = {
             let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
             let keys: Vec<_> = slots
                 .keys()
                 .filter(|(name, _)| name == function_name)
@@ -297,30 +309,39 @@ impl Engine {
         {
             return Ok(slot.clone());
         }
-        let store = self.store.clone();
-        let (lookup_name, lookup_version) = key.clone();
-        let found =
-            tokio::task::spawn_blocking(move || store.get_version(&lookup_name, &lookup_version))
-                .await
-                .map_err(|e| EngineError::Internal {
-                    detail: e.to_string(),
-                })??;
-        let Some(found) = found else {
-            let qualifier = (version != LATEST).then_some(version);
-            return Err(EngineError::FunctionNotFound {
-                arn: self.config.account.qualified_function_arn(name, qualifier),
-            });
-        };
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        // Another invoke may have loaded it meanwhile; keep the first so pools are shared.
-        let slot = slots.entry(key).or_insert_with(|| {
-            Arc::new(VersionSlot {
-                version: Arc::new(found),
-                idle: Mutex::new(Vec::new()),
-                retired: AtomicBool::new(false),
+        // A change may land between reading the store and caching what was read; then
+        // the read is stale and is done again.
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let store = self.store.clone();
+            let (lookup_name, lookup_version) = key.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                store.get_version(&lookup_name, &lookup_version)
             })
-        });
-        Ok(slot.clone())
+            .await
+            .map_err(|e| EngineError::Internal {
+                detail: e.to_string(),
+            })??;
+            let Some(found) = found else {
+                let qualifier = (version != LATEST).then_some(version);
+                return Err(EngineError::FunctionNotFound {
+                    arn: self.config.account.qualified_function_arn(name, qualifier),
+                });
+            };
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            if self.generation.load(Ordering::SeqCst) != generation {
+                continue;
+            }
+            // Another invoke may have loaded it meanwhile; keep the first so pools are shared.
+            let slot = slots.entry(key.clone()).or_insert_with(|| {
+                Arc::new(VersionSlot {
+                    version: Arc::new(found),
+                    idle: Mutex::new(Vec::new()),
+                    retired: AtomicBool::new(false),
+                })
+            });
+            return Ok(slot.clone());
+        }
     }
 
     async fn start_environment(
@@ -341,6 +362,8 @@ impl Engine {
         let logs = self.logs.clone();
         let version = slot.version.clone();
         let runtime = tokio::runtime::Handle::current();
+        // Leased before the tree is located, so collection cannot remove it in between.
+        let code_lease = self.code_in_use.lease(&version.code.sha256_hex);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let task_dir = code.extracted_dir(&version.code.sha256_hex)?;
@@ -348,8 +371,9 @@ impl Engine {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "code located"
             );
-            let environment =
-                Environment::start(&sandbox, &version, &task_dir, &context, &logs, &runtime);
+            let environment = Environment::start(
+                &sandbox, &version, &task_dir, &context, &logs, &runtime, code_lease,
+            );
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "execution environment started"
@@ -455,14 +479,31 @@ impl Engine {
             outcome: outcome_tx,
         };
         let ending = if environment.runtime_api.dispatch(invocation).is_err() {
+            // Its Runtime API has stopped (or, which should not happen, it is busy): this
+            // environment cannot serve. Kill it so waiting for its exit cannot hang.
+            let doomed = environment.clone();
+            let _ = tokio::task::spawn_blocking(move || doomed.destroy()).await;
             Ending::Exited(environment.exited().await)
         } else {
+            let mut outcome_rx = outcome_rx;
             tokio::select! {
-                outcome = outcome_rx => match outcome {
+                // An answer and an exit can arrive together (a runtime that reports an
+                // error and quits): the answer is what the caller gets.
+                biased;
+                outcome = &mut outcome_rx => match outcome {
                     Ok(outcome) => Ending::Outcome(outcome),
-                    Err(_) => Ending::Exited(environment.exited().await),
+                    // The Runtime API lost the invocation (its connection broke mid-report):
+                    // the environment cannot be trusted with another.
+                    Err(_) => {
+                        let doomed = environment.clone();
+                        let _ = tokio::task::spawn_blocking(move || doomed.destroy()).await;
+                        Ending::Exited(environment.exited().await)
+                    }
                 },
-                exit = environment.exited() => Ending::Exited(exit),
+                exit = environment.exited() => match outcome_rx.try_recv() {
+                    Ok(outcome) => Ending::Outcome(outcome),
+                    Err(_) => Ending::Exited(exit),
+                },
                 _ = tokio::time::sleep(timeout) => Ending::TimedOut,
             }
         };
@@ -482,12 +523,22 @@ impl Engine {
 
     async fn wait_until_ready(&self, environment: &Arc<Environment>) -> Result<(), Ending> {
         tokio::select! {
+            biased;
             state = environment.runtime_api.ready() => match state {
                 InitState::Ready => Ok(()),
                 InitState::Failed { error_type, body } => Err(Ending::InitFailed { error_type, body }),
-                InitState::Initializing => Err(Ending::Exited(environment.exited().await)),
+                // The Runtime API stopped: make sure the environment goes too.
+                InitState::Initializing => {
+                    let doomed = environment.clone();
+                    let _ = tokio::task::spawn_blocking(move || doomed.destroy()).await;
+                    Err(Ending::Exited(environment.exited().await))
+                }
             },
-            exit = environment.exited() => Err(Ending::Exited(exit)),
+            exit = environment.exited() => match environment.runtime_api.init_state() {
+                // It reported an init error and quit: the report is the better answer.
+                InitState::Failed { error_type, body } => Err(Ending::InitFailed { error_type, body }),
+                _ => Err(Ending::Exited(exit)),
+            },
             _ = tokio::time::sleep(INIT_TIMEOUT) => Err(Ending::TimedOut),
         }
     }
@@ -581,6 +632,8 @@ impl Engine {
         let report = log_relay::Report {
             head,
             tail: report_tail,
+            // An environment about to be destroyed loses its cgroup: measure it now.
+            measured_mb: (!healthy).then(|| environment.max_memory_used_mb()),
             memory: environment.memory_meter(),
         };
         let (tail_tx, tail_rx) = if request.tail_log {
@@ -594,13 +647,19 @@ impl Engine {
             report,
             tail: tail_tx,
         });
-        if healthy && !slot.retired.load(Ordering::SeqCst) && !environment.has_exited() {
-            environment.touch();
-            slot.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(environment);
-        } else {
+        let returned = healthy && !environment.has_exited() && {
+            // Checked under the idle lock: `function_changed` marks the slot retired before
+            // draining under the same lock, so nothing is pushed after the drain.
+            let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.retired.load(Ordering::SeqCst) {
+                false
+            } else {
+                environment.touch();
+                idle.push(environment.clone());
+                true
+            }
+        };
+        if !returned {
             environment.destroy_in_background();
         }
         let log_tail = match tail_rx {

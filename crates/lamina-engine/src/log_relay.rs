@@ -42,6 +42,9 @@ pub struct Report {
     pub head: String,
     /// Everything after it (`\tInit Duration: ...`, `\tStatus: ...`).
     pub tail: String,
+    /// Peak memory already measured (environments about to be destroyed), else read
+    /// from `memory` when the line is written.
+    pub measured_mb: Option<u64>,
     pub memory: std::sync::Arc<dyn lamina_sandbox::EnvironmentHandle>,
 }
 
@@ -55,12 +58,29 @@ impl std::fmt::Debug for Report {
 
 impl Report {
     fn line(&self) -> String {
-        let used_mb = self
-            .memory
-            .max_memory_used_bytes()
-            .map(|bytes| bytes.div_ceil(1024 * 1024))
-            .unwrap_or(0);
+        let used_mb = self.measured_mb.unwrap_or_else(|| {
+            self.memory
+                .max_memory_used_bytes()
+                .map(|bytes| bytes.div_ceil(1024 * 1024))
+                .unwrap_or(0)
+        });
         format!("{}\tMax Memory Used: {used_mb} MB{}", self.head, self.tail)
+    }
+}
+
+/// Reads whatever the pipe holds right now. A real `read(2)`, not tokio's `try_read`,
+/// which answers "would block" without asking the kernel until the reactor has seen the
+/// pipe readable — and output written just before a crash may not have been seen yet.
+/// Returns whether the pipe is still open.
+fn drain_now(receiver: &pipe::Receiver, buffer: &mut [u8], relay: &mut Relay) -> bool {
+    loop {
+        match nix::unistd::read(receiver, buffer) {
+            Ok(0) => return false,
+            Ok(n) => relay.output(&buffer[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(_) => return false,
+        }
     }
 }
 
@@ -99,15 +119,17 @@ impl Relay {
 
     fn output(&mut self, bytes: &[u8]) {
         self.partial.extend_from_slice(bytes);
-        while let Some(newline) = self.partial.iter().position(|b| *b == b'\n') {
-            let rest = self.partial.split_off(newline + 1);
-            let mut line = std::mem::replace(&mut self.partial, rest);
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            self.line(String::from_utf8_lossy(&line).into_owned());
+        let mut start = 0;
+        while let Some(offset) = self.partial[start..].iter().position(|b| *b == b'\n') {
+            let end = start + offset;
+            let line = &self.partial[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let text = String::from_utf8_lossy(line).into_owned();
+            self.line(text);
+            start = end + 1;
         }
+        // One move per read, not one per line.
+        self.partial.drain(..start);
         if self.partial.len() > MAX_LINE_BYTES {
             let line = std::mem::take(&mut self.partial);
             self.line(String::from_utf8_lossy(&line).into_owned());
@@ -154,7 +176,13 @@ pub fn spawn(
             tokio::select! {
                 biased;
                 control = control_rx.recv() => {
-                    let Some(control) = control else { break };
+                    let Some(control) = control else {
+                        // The environment is gone: keep what it wrote last.
+                        if pipe_open {
+                            drain_now(&receiver, &mut buffer, &mut relay);
+                        }
+                        break;
+                    };
                     match control {
                         LogControl::Platform(line) => relay.line(line),
                         LogControl::Start(line) => {
@@ -164,13 +192,8 @@ pub fn spawn(
                         LogControl::End { end_line, report, tail } => {
                             // Whatever the function wrote before answering is in the
                             // pipe already: take it before the END line.
-                            while pipe_open {
-                                match receiver.try_read(&mut buffer) {
-                                    Ok(0) => pipe_open = false,
-                                    Ok(n) => relay.output(&buffer[..n]),
-                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                                    Err(_) => pipe_open = false,
-                                }
+                            if pipe_open {
+                                pipe_open = drain_now(&receiver, &mut buffer, &mut relay);
                             }
                             relay.flush_partial();
                             relay.line(end_line);

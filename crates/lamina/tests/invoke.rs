@@ -686,3 +686,33 @@ async fn a_runtime_that_fails_to_start_is_reported_and_the_server_keeps_serving(
         json!({"count": 1})
     );
 }
+
+#[tokio::test]
+async fn an_invocation_whose_caller_hangs_up_still_finishes_and_frees_its_environment() {
+    use std::io::Write as _;
+    let server = LaminaServer::start();
+    let client = server.client();
+    Deploy::new("abandoned").create(&client).await;
+    // Start a slow invocation with a raw connection, then hang up half-way.
+    let host = server.endpoint.trim_start_matches("http://").to_owned();
+    let body = br#"{"action":"sleep","ms":1500}"#;
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    write!(
+        stream,
+        "POST /2015-03-31/functions/abandoned/invocations HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(stream);
+    // The invocation runs to its end and its environment goes back to the pool: the next
+    // invoke is warm and sees the abandoned one in its state.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let next = invoke(&client, "abandoned", json!({"action": "count"})).await;
+    assert_eq!(
+        next.payload,
+        json!({"count": 2}),
+        "the environment was reused, not leaked"
+    );
+}
