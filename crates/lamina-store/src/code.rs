@@ -21,14 +21,23 @@
 //! find only whole blobs and whole trees under `blobs/` and `extracted/`. So nothing is
 //! ever written in place:
 //!
-//! 1. The tree is extracted into `tmp/tree-*`; the filesystem is flushed (`syncfs(2)`,
-//!    one call instead of an `fsync` per file, which costs milliseconds each and would
-//!    make a 20 000-file `node_modules` take a minute); the directory is renamed to
-//!    `extracted/<hex>`; `extracted/` is fsynced.
+//! The zip is the source of truth; an extracted tree is a cache of it. So only the zip is
+//! made durable on the upload path, and trees are trusted after a clean shutdown only:
+//!
+//! 1. The tree is extracted into `tmp/tree-*` and renamed to `extracted/<hex>`, without
+//!    flushing: `syncfs(2)` flushes every dirty page of the whole filesystem (tens of
+//!    milliseconds, more while anything else writes), and an `fsync` per file costs
+//!    milliseconds each and would
+//!    make a 20 000-file `node_modules` take a minute.
 //! 2. The zip is written to `tmp/blob-*`, fsynced, renamed to `blobs/<hex>.zip`, and
 //!    `blobs/` is fsynced.
+//! 3. [`CodeStore::mark_clean_shutdown`] flushes the filesystem once and writes a
+//!    `clean-shutdown` marker; [`CodeStore::open`] removes it. An open that finds no
+//!    marker (a crash, `kill -9`, a power loss) discards every extracted tree, since one
+//!    may be torn; [`CodeStore::extracted_dir`] unpacks it again from its zip when an
+//!    environment next needs it.
 //!
-//! [`CodeStore::put_zip`] returns only after both steps, so an acknowledged upload
+//! [`CodeStore::put_zip`] returns only after the zip is durable, so an acknowledged upload
 //! survives a crash. A crash in between leaves at most an unreferenced tree, which
 //! [`CodeStore::retain_only`] removes. Deletion goes the same way backwards: a tree is
 //! first renamed into `tmp/` and only then removed. [`CodeStore::open`] empties `tmp/`,
@@ -86,6 +95,7 @@ use zip::read::ZipFileEntry;
 const BLOBS_DIR: &str = "blobs";
 const EXTRACTED_DIR: &str = "extracted";
 const SCRATCH_DIR: &str = "tmp";
+const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// The longest symlink target accepted: `PATH_MAX` less the terminating NUL.
 const MAX_SYMLINK_TARGET: u64 = 4095;
@@ -207,6 +217,8 @@ pub struct CodeStore {
     blobs: PathBuf,
     extracted: PathBuf,
     scratch: PathBuf,
+    /// Present only between a clean shutdown and the next open.
+    clean_marker: PathBuf,
 }
 
 /// Makes scratch names unique within this process; [`CodeStore::open`] empties the
@@ -215,15 +227,38 @@ static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl CodeStore {
     /// Opens (creating if needed) the store under `root`, and removes whatever interrupted
-    /// writes and deletions left in its scratch directory.
+    /// writes and deletions left in its scratch directory. After an unclean stop it also
+    /// discards the extracted trees, which were not flushed (they are unpacked again on
+    /// demand).
     pub fn open(root: &Path) -> Result<CodeStore, CodeError> {
         let store = CodeStore {
             blobs: root.join(BLOBS_DIR),
             extracted: root.join(EXTRACTED_DIR),
             scratch: root.join(SCRATCH_DIR),
+            clean_marker: root.join(CLEAN_MARKER),
         };
         for dir in [&store.blobs, &store.extracted, &store.scratch] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
+        }
+        let was_clean = store.clean_marker.exists();
+        if was_clean {
+            // From here on a crash must be detectable: the marker goes before any write.
+            fs::remove_file(&store.clean_marker).map_err(io_error(&store.clean_marker))?;
+            fsync_dir(root)?;
+        } else {
+            let mut discarded = 0usize;
+            for entry in fs::read_dir(&store.extracted).map_err(io_error(&store.extracted))? {
+                let entry = entry.map_err(io_error(&store.extracted))?;
+                let trash = store.scratch_path("trash");
+                fs::rename(entry.path(), &trash).map_err(io_error(&entry.path()))?;
+                discarded += 1;
+            }
+            if discarded > 0 {
+                tracing::info!(
+                    discarded,
+                    "the last stop was not clean: extracted code trees will be unpacked again from their zips"
+                );
+            }
         }
         let mut removed = 0usize;
         for entry in fs::read_dir(&store.scratch).map_err(io_error(&store.scratch))? {
@@ -249,8 +284,20 @@ impl CodeStore {
         Ok(store)
     }
 
+    /// Flushes the extracted trees and records a clean stop, so that the next
+    /// [`CodeStore::open`] keeps them. Call once nothing writes to the store any more.
+    pub fn mark_clean_shutdown(&self) -> Result<(), CodeError> {
+        sync_tree(&self.extracted)?;
+        let marker = File::create(&self.clean_marker).map_err(io_error(&self.clean_marker))?;
+        marker.sync_all().map_err(io_error(&self.clean_marker))?;
+        match self.clean_marker.parent() {
+            Some(root) => fsync_dir(root),
+            None => Ok(()),
+        }
+    }
+
     /// Validates, unpacks and stores a deployment package; see the module documentation
-    /// for what is refused. Returns once both the zip and its tree are durable. Storing a
+    /// for what is refused. Returns once the zip is durable and its tree unpacked. Storing a
     /// zip already present validates it against `limits` again but writes nothing new.
     pub fn put_zip(&self, zip: &[u8], limits: &CodeLimits) -> Result<StoredCode, CodeError> {
         let code_size = zip.len() as u64;
@@ -401,7 +448,6 @@ impl CodeStore {
             // Same bytes, already unpacked: only check them against these limits. The
             // directory sync covers a concurrent put that renamed it but has not synced.
             let unzipped_size = unpack(&mut archive, &plan, limits, None)?;
-            fsync_dir(&self.extracted)?;
             return Ok(unzipped_size);
         }
         let scratch = ScratchGuard::new(self.scratch_path("tree"));
@@ -411,14 +457,13 @@ impl CodeStore {
             .map_err(io_error(scratch.path()))?;
         set_mode(scratch.path(), DIR_MODE)?;
         let unzipped_size = unpack(&mut archive, &plan, limits, Some(scratch.path()))?;
-        sync_tree(scratch.path())?;
+        // Not flushed: a tree is a cache of its zip, discarded after an unclean stop.
         match fs::rename(scratch.path(), &target) {
             Ok(()) => scratch.disarm(),
             // A concurrent put of the same zip won the race; ours is dropped with the guard.
             Err(_) if is_real_dir(&target) => {}
             Err(error) => return Err(io_error(&target)(error)),
         }
-        fsync_dir(&self.extracted)?;
         Ok(unzipped_size)
     }
 
@@ -1138,5 +1183,29 @@ mod tests {
         assert_eq!(store.read_zip(&stored.sha256_hex()).unwrap(), zip);
         let tree = store.extracted_dir(&stored.sha256_hex()).unwrap();
         assert_eq!(fs::read(tree.join("handler.py")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn trees_survive_a_clean_stop_and_are_unpacked_again_after_a_crash() {
+        let root = tempfile::tempdir().unwrap();
+        let store = CodeStore::open(root.path()).unwrap();
+        let stored = store
+            .put_zip(&zip_with(&["handler.py"]), &CodeLimits::LAMBDA)
+            .unwrap();
+        let tree = root.path().join(EXTRACTED_DIR).join(stored.sha256_hex());
+        store.mark_clean_shutdown().unwrap();
+        drop(store);
+
+        // Clean: the tree is kept, and the marker is gone while the store is open.
+        let store = CodeStore::open(root.path()).unwrap();
+        assert!(tree.is_dir());
+        assert!(!root.path().join(CLEAN_MARKER).exists());
+        drop(store); // no mark: as after kill -9
+
+        // Unclean: the unflushed tree is discarded, and unpacked again when needed.
+        let store = CodeStore::open(root.path()).unwrap();
+        assert!(!tree.exists());
+        let again = store.extracted_dir(&stored.sha256_hex()).unwrap();
+        assert_eq!(fs::read(again.join("handler.py")).unwrap(), b"x");
     }
 }

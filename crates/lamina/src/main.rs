@@ -125,6 +125,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             logs.sink(),
         );
         engine.spawn_reaper();
+        let code_for_shutdown = code.clone();
         let control_plane =
             Arc::new(ControlPlane::new(account, store, code).with_change_listener(engine.clone()));
         // A crash between writing a zip and storing the version that uses it leaves an
@@ -181,6 +182,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
         if let Err(error) = logs.sink().flush_async().await {
             tracing::warn!(%error, "could not flush the last log events");
+        }
+        let code_store = code_for_shutdown.clone();
+        match tokio::task::spawn_blocking(move || code_store.mark_clean_shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not record a clean stop of the code store")
+            }
+            Err(error) => tracing::warn!(%error, "could not record a clean stop of the code store"),
         }
         tracing::info!("lamina stopped");
         anyhow::Ok(())

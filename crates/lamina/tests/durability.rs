@@ -16,6 +16,22 @@ async fn acknowledged_functions_survive_kill_9() {
     let client = server.client();
 
     create_function(&client, "stable").await;
+    // A real function, to prove code still runs after the crash: its extracted tree was
+    // never flushed, so the restarted server unpacks it again from the durable zip.
+    client
+        .create_function()
+        .function_name("runs-after-crash")
+        .runtime(Runtime::Providedal2023)
+        .role(ROLE)
+        .handler("bootstrap")
+        .code(
+            FunctionCode::builder()
+                .zip_file(Blob::new(test_function_zip()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     client
         .update_function_configuration()
         .function_name("stable")
@@ -78,6 +94,18 @@ async fn acknowledged_functions_survive_kill_9() {
         .await
         .unwrap();
     assert_eq!(stable.memory_size(), Some(512));
+    let ran = client
+        .invoke()
+        .function_name("runs-after-crash")
+        .payload(Blob::new(br#"{"action":"echo","after":"crash"}"#.to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ran.function_error(), None);
+    assert_eq!(
+        ran.payload().unwrap().as_ref(),
+        br#"{"action":"echo","after":"crash"}"#
+    );
     for (name, sha) in &acknowledged {
         let got = client
             .get_function()
