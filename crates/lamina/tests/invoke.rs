@@ -695,7 +695,7 @@ async fn an_invocation_whose_caller_hangs_up_still_finishes_and_frees_its_enviro
     Deploy::new("abandoned").create(&client).await;
     // Start a slow invocation with a raw connection, then hang up half-way.
     let host = server.endpoint.trim_start_matches("http://").to_owned();
-    let body = br#"{"action":"sleep","ms":1500}"#;
+    let body = br#"{"action":"sleep","ms":1000}"#;
     let mut stream = std::net::TcpStream::connect(&host).unwrap();
     write!(
         stream,
@@ -708,7 +708,8 @@ async fn an_invocation_whose_caller_hangs_up_still_finishes_and_frees_its_enviro
     drop(stream);
     // The invocation runs to its end and its environment goes back to the pool: the next
     // invoke is warm and sees the abandoned one in its state.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Generous: a loaded CI machine may be slow to cold-start it.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
     let next = invoke(&client, "abandoned", json!({"action": "count"})).await;
     assert_eq!(
         next.payload,
