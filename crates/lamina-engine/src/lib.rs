@@ -289,16 +289,6 @@ impl Engine {
         }
     }
 
-    /// The number of idle warm environments, for tests and metrics.
-    pub fn idle_environments(&self) -> usize {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|slot| slot.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
-    }
-
     async fn slot(&self, name: &str, version: &str) -> Result<Arc<VersionSlot>, EngineError> {
         let key = (name.to_owned(), version.to_owned());
         if let Some(slot) = self
@@ -409,7 +399,6 @@ impl Engine {
                     Err(EngineError::MissingBootstrap) => {
                         return Ok(self.failed_before_start(
                             &version,
-                            &request_id,
                             "Runtime.InvalidEntrypoint",
                             format!(
                                 "RequestId: {request_id} Error: Couldn't find valid bootstrap(s): [{}]",
@@ -678,7 +667,6 @@ impl Engine {
     fn failed_before_start(
         &self,
         version: &FunctionVersion,
-        _request_id: &str,
         error_type: &str,
         message: String,
     ) -> InvokeResult {
