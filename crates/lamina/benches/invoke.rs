@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+// The same test function and build the integration tests use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 /// One keep-alive connection speaking just enough HTTP/1.1 for the Lambda API.
 struct Connection {
     reader: BufReader<TcpStream>,
@@ -83,40 +87,6 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn build_test_function() -> Vec<u8> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "lamina-testfn",
-            "--message-format=json",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo runs");
-    assert!(output.status.success());
-    let path = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["target"]["name"] == "lamina-testfn")
-        .find_map(|m| m["executable"].as_str().map(str::to_owned))
-        .expect("test function built");
-    let binary = std::fs::read(path).unwrap();
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    writer
-        .start_file(
-            "bootstrap",
-            zip::write::SimpleFileOptions::default().unix_permissions(0o755),
-        )
-        .unwrap();
-    writer.write_all(&binary).unwrap();
-    writer.finish().unwrap().into_inner()
-}
-
 fn create_function_body(name: &str, zip_base64: &str, memory: u32) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "FunctionName": name,
@@ -176,7 +146,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1769);
-    let zip = build_test_function();
+    let zip = support::test_function_zip();
     let zip_base64 = base64::engine::general_purpose::STANDARD.encode(&zip);
 
     let data = tempfile::tempdir().unwrap();
