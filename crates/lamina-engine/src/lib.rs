@@ -123,12 +123,19 @@ pub struct Engine {
     environments_started: AtomicU64,
 }
 
+/// A version-4 UUID from a fast thread-local generator. Request ids, trace ids and
+/// stream names must be unique, not secret (each Runtime API is private to its
+/// environment), and the OS generator costs a system call per id on the invoke path.
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
 pub fn new_trace_id() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let random = uuid::Uuid::new_v4().simple().to_string();
+    let random = random_uuid().simple().to_string();
     format!("Root=1-{now:08x}-{};Sampled=0", &random[..24])
 }
 
@@ -140,7 +147,7 @@ fn log_stream_name(version: &str) -> String {
         today.year(),
         u8::from(today.month()),
         today.day(),
-        uuid::Uuid::new_v4().simple()
+        random_uuid().simple()
     )
 }
 
@@ -342,7 +349,7 @@ impl Engine {
         let context = StartContext {
             environment_id: format!(
                 "env-{}-{number}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
+                &random_uuid().simple().to_string()[..12]
             ),
             log_stream: log_stream_name(&slot.version.version),
             region: self.config.account.region.clone(),
@@ -384,7 +391,7 @@ impl Engine {
             .unwrap_or_else(|| LATEST.to_owned());
         let slot = self.slot(&request.function_name, &version_name).await?;
         let version = slot.version.clone();
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = random_uuid().to_string();
 
         let popped = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let environment = match popped {

@@ -428,15 +428,21 @@ impl EnvCgroup {
             .unwrap_or(0)
     }
 
-    /// Peak memory use in bytes.
-    pub(crate) fn peak_memory(&self, fs: &dyn CgroupFs) -> Option<u64> {
+    /// The files that report peak memory use, best first (`memory.peak` is missing before
+    /// Linux 5.19; `memory.current` is then the nearest thing).
+    pub(crate) fn peak_memory_files(&self) -> Vec<PathBuf> {
         let files: &[&str] = match self.layout {
             CgroupLayout::V1 { .. } => &["memory.max_usage_in_bytes"],
             CgroupLayout::V2 { .. } => &["memory.peak", "memory.current"],
         };
-        files
+        files.iter().map(|f| self.memory_dir.join(f)).collect()
+    }
+
+    /// Peak memory use in bytes.
+    pub(crate) fn peak_memory(&self, fs: &dyn CgroupFs) -> Option<u64> {
+        self.peak_memory_files()
             .iter()
-            .find_map(|f| fs.read(&self.memory_dir.join(f)).ok())
+            .find_map(|f| fs.read(f).ok())
             .and_then(|text| text.trim().parse().ok())
     }
 

@@ -586,6 +586,7 @@ impl Sandbox for LinuxSandbox {
             status_r: Mutex::new(None),
             cgroup,
             cgroups: Arc::clone(&self.cgroups),
+            peak_memory_file: std::sync::OnceLock::new(),
             tmp: Arc::clone(&self.tmp),
             lease: Mutex::new(None),
             exit: Mutex::new(None),
@@ -755,6 +756,8 @@ struct LinuxEnvironment {
     status_r: Mutex<Option<File>>,
     cgroup: EnvCgroup,
     cgroups: Arc<dyn CgroupFs>,
+    /// The cgroup's peak-memory file, opened on first use.
+    peak_memory_file: std::sync::OnceLock<Option<File>>,
     tmp: Arc<dyn TmpStorage>,
     lease: Mutex<Option<TmpLease>>,
     /// Set once the init has been reaped; the lock also serialises waiting.
@@ -832,7 +835,21 @@ impl EnvironmentHandle for LinuxEnvironment {
     }
 
     fn max_memory_used_bytes(&self) -> Option<u64> {
-        self.cgroup.peak_memory(self.cgroups.as_ref())
+        // Read after every invocation for its REPORT line: the file stays open and is read
+        // with one pread (cgroup files regenerate at offset 0), instead of open, statx,
+        // read, read, close each time.
+        let file = self.peak_memory_file.get_or_init(|| {
+            self.cgroup
+                .peak_memory_files()
+                .iter()
+                .find_map(|path| File::open(path).ok())
+        });
+        let Some(file) = file else {
+            return self.cgroup.peak_memory(self.cgroups.as_ref());
+        };
+        let mut buffer = [0u8; 32];
+        let read = std::os::unix::fs::FileExt::read_at(file, &mut buffer, 0).ok()?;
+        std::str::from_utf8(&buffer[..read]).ok()?.trim().parse().ok()
     }
 
     fn destroy(&self) {

@@ -137,6 +137,49 @@ fn throughput(host: &str, name: &str, clients: usize, seconds: f64) -> (f64, Vec
     (all.len() as f64 / elapsed, all)
 }
 
+/// CPU time (user + system) of a process and all its threads, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// CPU time of every process of the functions (their executable is `bootstrap`).
+fn functions_cpu() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "bootstrap")
+        })
+        .map(process_cpu)
+        .sum()
+}
+
+/// CPU time this benchmark process (the clients) has used.
+fn own_cpu() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(usage.user_time()) + tv(usage.system_time())
+}
+
 fn main() {
     let seconds: f64 = std::env::var("LAMINA_BENCH_SECONDS")
         .ok()
@@ -236,11 +279,19 @@ fn main() {
     for clients in [1usize, 4, 16] {
         // Warm enough environments first: overlapping invokes each start one.
         throughput(&host, name, clients, 1.0);
+        let cpu_before = (process_cpu(server.id()), functions_cpu(), own_cpu());
         let (rate, latencies) = throughput(&host, name, clients, seconds);
+        let cpu_after = (process_cpu(server.id()), functions_cpu(), own_cpu());
+        let per_invoke = |before: Duration, after: Duration| {
+            after.saturating_sub(before).as_secs_f64() * 1e6 / latencies.len() as f64
+        };
         println!(
-            "concurrency {clients:>2}: {rate:>8.0} invokes/s  p50 {} p99 {}",
+            "concurrency {clients:>2}: {rate:>8.0} invokes/s  p50 {} p99 {}  CPU/invoke: server {:.0} us, functions {:.0} us, clients {:.0} us",
             ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
+            ms(percentile(&latencies, 0.99)),
+            per_invoke(cpu_before.0, cpu_after.0),
+            per_invoke(cpu_before.1, cpu_after.1),
+            per_invoke(cpu_before.2, cpu_after.2),
         );
     }
 
