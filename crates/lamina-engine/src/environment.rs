@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use lamina_model::FunctionVersion;
 use lamina_runtime_api::RuntimeApi;
 use lamina_sandbox::{EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::log_relay::{self, LogControl};
+use crate::log_relay::LogRelay;
 use crate::{EngineError, InitTiming};
 
 /// Counts the environments using each code tree, so that code garbage collection leaves
@@ -79,7 +79,7 @@ pub struct Environment {
     pub runtime_api: RuntimeApi,
     handle: Arc<dyn EnvironmentHandle>,
     exit: watch::Receiver<Option<EnvironmentExit>>,
-    pub logs: mpsc::UnboundedSender<LogControl>,
+    pub logs: LogRelay,
     /// Stops the Runtime API server when the environment is torn down.
     stop_runtime_api: Mutex<Option<oneshot::Sender<()>>>,
     /// Set on the first invoke after a cold start; reported once as `Init Duration`.
@@ -152,7 +152,7 @@ impl Environment {
                 });
             }
         };
-        let log_control = match log_relay::spawn(
+        let log_relay = match LogRelay::spawn(
             started.output,
             logs.clone(),
             version.settings.logging.log_group.clone(),
@@ -198,7 +198,7 @@ impl Environment {
             runtime_api,
             handle,
             exit: exit_rx,
-            logs: log_control,
+            logs: log_relay,
             stop_runtime_api: Mutex::new(Some(stop_tx)),
             init: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),

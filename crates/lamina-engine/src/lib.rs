@@ -37,7 +37,6 @@ use lamina_store::{CodeError, CodeStore, MetadataStore, StoreError};
 
 pub use environment::BOOTSTRAP_PATHS;
 use environment::{CodeInUse, Environment, StartContext};
-use log_relay::LogControl;
 
 /// How long a runtime may take to initialise before its first invocation.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,10 +346,7 @@ impl Engine {
     ) -> Result<Arc<Environment>, EngineError> {
         let number = self.environments_started.fetch_add(1, Ordering::Relaxed);
         let context = StartContext {
-            environment_id: format!(
-                "env-{}-{number}",
-                &random_uuid().simple().to_string()[..12]
-            ),
+            environment_id: format!("env-{}-{number}", &random_uuid().simple().to_string()[..12]),
             log_stream: log_stream_name(&slot.version.version),
             region: self.config.account.region.clone(),
         };
@@ -415,10 +411,10 @@ impl Engine {
                     }
                     Err(other) => return Err(other),
                 };
-                let _ = environment.logs.send(LogControl::Platform(format!(
+                environment.logs.platform(format!(
                     "INIT_START Runtime Version: {}",
                     version.settings.runtime.as_deref().unwrap_or("unknown")
-                )));
+                ));
                 match self.wait_until_ready(&environment).await {
                     Ok(()) => {
                         tracing::debug!(
@@ -449,10 +445,10 @@ impl Engine {
             }
         };
 
-        let _ = environment.logs.send(LogControl::Start(format!(
+        environment.logs.start(format!(
             "START RequestId: {request_id} Version: {}",
             version.version
-        )));
+        ));
         let timeout = Duration::from_secs(u64::from(version.settings.timeout_seconds));
         let started = Instant::now();
         let deadline_ms = SystemTime::now()
@@ -632,17 +628,13 @@ impl Engine {
             measured_mb: (!healthy).then(|| environment.max_memory_used_mb()),
             memory: environment.memory_meter(),
         };
-        let (tail_tx, tail_rx) = if request.tail_log {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let _ = environment.logs.send(LogControl::End {
-            end_line: format!("END RequestId: {request_id}"),
+        // Before the environment can take another invocation, so the next one's output
+        // cannot come ahead of this END.
+        let log_tail = environment.logs.end(
+            format!("END RequestId: {request_id}"),
             report,
-            tail: tail_tx,
-        });
+            request.tail_log,
+        );
         let returned = healthy && !environment.has_exited() && {
             // Checked under the idle lock: `function_changed` marks the slot retired before
             // draining under the same lock, so nothing is pushed after the drain.
@@ -658,10 +650,6 @@ impl Engine {
         if !returned {
             environment.destroy_in_background();
         }
-        let log_tail = match tail_rx {
-            Some(rx) => Some(rx.await.unwrap_or_default()),
-            None => None,
-        };
         InvokeResult {
             executed_version: version.version.clone(),
             payload,

@@ -1,19 +1,22 @@
-//! One task per environment that turns the function's output into log events.
+//! An environment's log stream: the function's output and the platform lines, in order.
 //!
-//! The environment's stdout and stderr share one pipe. The relay reads it, cuts it into
-//! lines and appends them to the environment's log stream, interleaved in order with the
-//! platform lines the invoker sends (`START`, `END`, `REPORT`). Because both go through
-//! this one task, an `END` line never overtakes output the function wrote before it
-//! answered: on `End` the relay first drains whatever the pipe already holds.
+//! The environment's stdout and stderr share one pipe. A reader task cuts what arrives
+//! into lines and appends them to the environment's log stream; the invoker writes the
+//! platform lines (`START`, `END`, `REPORT`) itself, under the same lock, so a warm
+//! invoke wakes no other task for its log. Because `end` first drains whatever the pipe
+//! already holds, an `END` line never overtakes output the function wrote before it
+//! answered, and because it runs before the environment takes its next invocation, the
+//! next invocation's output cannot slip in ahead of it.
 //!
 //! It also keeps the text of the current invocation, whose last 4 KB an invoke with
 //! `X-Amz-Log-Type: Tail` returns.
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lamina_logs::{LogEvent, LogSink};
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 
 /// How much of an invocation's log `Tail` returns.
 pub const TAIL_BYTES: usize = 4096;
@@ -21,20 +24,6 @@ pub const TAIL_BYTES: usize = 4096;
 const KEPT_BYTES: usize = 2 * TAIL_BYTES;
 /// A line longer than this is cut into several events, as CloudWatch caps event size.
 const MAX_LINE_BYTES: usize = 256 * 1024;
-
-#[derive(Debug)]
-pub enum LogControl {
-    /// A platform line outside any invocation (`INIT_START`).
-    Platform(String),
-    Start(String),
-    /// Ends an invocation: `END`, then the `REPORT` line with `Max Memory Used` read
-    /// here, off the response path, then where to send the invocation's log tail.
-    End {
-        end_line: String,
-        report: Report,
-        tail: Option<oneshot::Sender<String>>,
-    },
-}
 
 /// The parts of a `REPORT` line known when the invocation ends.
 pub struct Report {
@@ -152,78 +141,161 @@ impl Relay {
     }
 }
 
-/// Starts the relay for one environment's output pipe.
-pub fn spawn(
-    output: std::fs::File,
-    sink: LogSink,
-    group: String,
-    stream: String,
-) -> std::io::Result<mpsc::UnboundedSender<LogControl>> {
-    let receiver = pipe::Receiver::from_file(output)?;
-    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    let mut relay = Relay {
-        sink,
-        group,
-        stream,
-        partial: Vec::new(),
-        invocation_text: String::new(),
-        pending: Vec::new(),
-    };
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut pipe_open = true;
-        loop {
-            tokio::select! {
-                biased;
-                control = control_rx.recv() => {
-                    let Some(control) = control else {
-                        // The environment is gone: keep what it wrote last.
-                        if pipe_open {
-                            drain_now(&receiver, &mut buffer, &mut relay);
-                        }
-                        break;
-                    };
-                    match control {
-                        LogControl::Platform(line) => relay.line(line),
-                        LogControl::Start(line) => {
-                            relay.invocation_text.clear();
-                            relay.line(line);
-                        }
-                        LogControl::End { end_line, report, tail } => {
-                            // Whatever the function wrote before answering is in the
-                            // pipe already: take it before the END line.
-                            if pipe_open {
-                                pipe_open = drain_now(&receiver, &mut buffer, &mut relay);
-                            }
-                            relay.flush_partial();
-                            relay.line(end_line);
-                            relay.line(report.line());
-                            if let Some(tail) = tail {
-                                let _ = tail.send(tail_of(&relay.invocation_text));
-                            }
-                        }
-                    }
-                    relay.publish();
+struct RelayState {
+    relay: Relay,
+    pipe_open: bool,
+    buffer: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct RelayShared {
+    receiver: pipe::Receiver,
+    state: Mutex<RelayState>,
+    /// Tells the reader the environment is gone: drain once more and stop.
+    closed: Notify,
+}
+
+impl std::fmt::Debug for RelayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayState")
+            .field("stream", &self.relay.stream)
+            .field("pipe_open", &self.pipe_open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayShared {
+    fn state(&self) -> std::sync::MutexGuard<'_, RelayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RelayState {
+    /// Reads everything the pipe holds now (see [`drain_now`]).
+    fn drain(&mut self, receiver: &pipe::Receiver) {
+        if self.pipe_open {
+            let RelayState {
+                relay,
+                pipe_open,
+                buffer,
+            } = self;
+            *pipe_open = drain_now(receiver, buffer, relay);
+        }
+    }
+}
+
+/// One environment's log stream. Dropping it lets the reader finish.
+#[derive(Debug)]
+pub struct LogRelay {
+    shared: Arc<RelayShared>,
+}
+
+impl LogRelay {
+    /// Starts the reader task for one environment's output pipe.
+    pub fn spawn(
+        output: std::fs::File,
+        sink: LogSink,
+        group: String,
+        stream: String,
+    ) -> std::io::Result<LogRelay> {
+        let shared = Arc::new(RelayShared {
+            receiver: pipe::Receiver::from_file(output)?,
+            state: Mutex::new(RelayState {
+                relay: Relay {
+                    sink,
+                    group,
+                    stream,
+                    partial: Vec::new(),
+                    invocation_text: String::new(),
+                    pending: Vec::new(),
+                },
+                pipe_open: true,
+                buffer: vec![0u8; 64 * 1024],
+            }),
+            closed: Notify::new(),
+        });
+        tokio::spawn(read_output(shared.clone()));
+        Ok(LogRelay { shared })
+    }
+
+    /// A platform line outside any invocation (`INIT_START`).
+    pub fn platform(&self, line: String) {
+        let mut state = self.shared.state();
+        state.relay.line(line);
+        state.relay.publish();
+    }
+
+    /// Starts an invocation's text. The line is published with the invocation's first
+    /// output or its end, whichever comes first.
+    pub fn start(&self, line: String) {
+        let mut state = self.shared.state();
+        state.relay.invocation_text.clear();
+        state.relay.line(line);
+    }
+
+    /// Ends an invocation: its remaining output, `END`, then `REPORT`. Returns the
+    /// invocation's log tail when asked for.
+    pub fn end(&self, end_line: String, report: Report, want_tail: bool) -> Option<String> {
+        let mut state = self.shared.state();
+        // Whatever the function wrote before answering is in the pipe already: take it
+        // before the END line.
+        state.drain(&self.shared.receiver);
+        state.relay.flush_partial();
+        state.relay.line(end_line);
+        state.relay.line(report.line());
+        state.relay.publish();
+        want_tail.then(|| tail_of(&state.relay.invocation_text))
+    }
+}
+
+impl Drop for LogRelay {
+    fn drop(&mut self) {
+        self.shared.closed.notify_one();
+    }
+}
+
+/// The reader task: output as it arrives, until the pipe closes or the environment goes.
+async fn read_output(shared: Arc<RelayShared>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.closed.notified() => break,
+            readable = shared.receiver.readable() => {
+                if readable.is_err() {
+                    shared.state().pipe_open = false;
+                    break;
                 }
-                readable = receiver.readable(), if pipe_open => {
-                    if readable.is_err() {
-                        pipe_open = false;
-                        continue;
-                    }
-                    match receiver.try_read(&mut buffer) {
-                        Ok(0) => pipe_open = false,
+                let mut state = shared.state();
+                let RelayState { relay, pipe_open, buffer } = &mut *state;
+                // tokio's `try_read` (not a raw read) so that "would block" clears the
+                // readiness this task waits on.
+                loop {
+                    match shared.receiver.try_read(buffer) {
+                        Ok(0) => {
+                            *pipe_open = false;
+                            break;
+                        }
                         Ok(n) => relay.output(&buffer[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => pipe_open = false,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            *pipe_open = false;
+                            break;
+                        }
                     }
-                    relay.publish();
+                }
+                relay.publish();
+                if !*pipe_open {
+                    break;
                 }
             }
         }
-        relay.flush_partial();
-        relay.publish();
-    });
-    Ok(control_tx)
+    }
+    // The environment is gone or its output closed: keep what it wrote last.
+    let mut state = shared.state();
+    state.drain(&shared.receiver);
+    state.relay.flush_partial();
+    state.relay.publish();
 }
 
 fn tail_of(text: &str) -> String {
@@ -234,4 +306,106 @@ fn tail_of(text: &str) -> String {
         .find(|i| text.is_char_boundary(*i))
         .unwrap_or(text.len());
     text[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Debug)]
+    struct FixedMemory;
+
+    impl lamina_sandbox::EnvironmentHandle for FixedMemory {
+        fn pid(&self) -> u32 {
+            0
+        }
+        fn wait(&self) -> Result<lamina_sandbox::EnvironmentExit, lamina_sandbox::SandboxError> {
+            unreachable!("not waited on")
+        }
+        fn kill(&self) {}
+        fn max_memory_used_bytes(&self) -> Option<u64> {
+            Some(3 * 1024 * 1024)
+        }
+        fn destroy(&self) {}
+    }
+
+    fn report(request_id: &str) -> Report {
+        Report {
+            head: format!("REPORT RequestId: {request_id}"),
+            tail: String::new(),
+            measured_mb: None,
+            memory: Arc::new(FixedMemory),
+        }
+    }
+
+    fn messages(store: &lamina_logs::LogStore) -> Vec<String> {
+        store.sink().flush().unwrap();
+        let filter = lamina_logs::store::GroupFilter {
+            stream_names: None,
+            stream_prefix: None,
+            start_time: None,
+            end_time: None,
+            pattern: lamina_logs::FilterPattern::all(),
+            after: None,
+            limit: 1000,
+        };
+        store
+            .filter_events("group", &filter)
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| e.message)
+            .collect()
+    }
+
+    /// Output written before the function answered lands between START and END, even
+    /// when the reader task has not run yet; the tail holds the whole invocation.
+    #[tokio::test(flavor = "current_thread")]
+    async fn platform_lines_and_output_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = lamina_logs::LogStore::open(&dir.path().join("logs.db")).unwrap();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let reader = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+        let relay = LogRelay::spawn(reader, store.sink(), "group".into(), "stream".into()).unwrap();
+
+        relay.platform("INIT_START".into());
+        relay.start("START RequestId: 1".into());
+        writer.write_all(b"hello\npartial").unwrap();
+        let tail = relay.end("END RequestId: 1".into(), report("1"), true);
+        assert_eq!(
+            tail.as_deref(),
+            Some(
+                "START RequestId: 1\nhello\npartial\nEND RequestId: 1\nREPORT RequestId: 1\tMax Memory Used: 3 MB\n"
+            )
+        );
+        relay.start("START RequestId: 2".into());
+        let tail = relay.end("END RequestId: 2".into(), report("2"), false);
+        assert_eq!(tail, None);
+        // Output between invocations reaches the log through the reader task.
+        writer.write_all(b"background\n").unwrap();
+        drop(writer);
+        drop(relay);
+        for _ in 0..100 {
+            if messages(&store).len() == 10 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            messages(&store),
+            [
+                "INIT_START",
+                "START RequestId: 1",
+                "hello",
+                "partial",
+                "END RequestId: 1",
+                "REPORT RequestId: 1\tMax Memory Used: 3 MB",
+                "START RequestId: 2",
+                "END RequestId: 2",
+                "REPORT RequestId: 2\tMax Memory Used: 3 MB",
+                "background",
+            ]
+        );
+    }
 }

@@ -849,7 +849,11 @@ impl EnvironmentHandle for LinuxEnvironment {
         };
         let mut buffer = [0u8; 32];
         let read = std::os::unix::fs::FileExt::read_at(file, &mut buffer, 0).ok()?;
-        std::str::from_utf8(&buffer[..read]).ok()?.trim().parse().ok()
+        std::str::from_utf8(&buffer[..read])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn destroy(&self) {
