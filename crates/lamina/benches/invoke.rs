@@ -8,7 +8,8 @@
 //! - invokes/s (and p50/p99) at concurrency 1, 4 and 16, each client on its own connection.
 //!
 //! Set `LAMINA_BENCH_SECONDS` (default 5) for the length of each throughput run and
-//! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory.
+//! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory;
+//! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -196,6 +197,11 @@ fn main() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_lamina"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .args(
+            std::env::var("LAMINA_BENCH_SANDBOX")
+                .map(|tier| vec!["--sandbox".to_owned(), tier])
+                .unwrap_or_default(),
+        )
         .env("LAMINA_LOG", "warn,lamina=info")
         .stderr(Stdio::piped())
         .spawn()
