@@ -70,6 +70,14 @@ pub struct AwsError {
     pub message: String,
     /// `User` for caller mistakes, `Service` for ours.
     pub fault: &'static str,
+    /// `TooManyRequestsException`'s `Reason` body member and `Retry-After` header.
+    pub throttle: Option<Throttle>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    pub reason: &'static str,
+    pub retry_after_seconds: u32,
 }
 
 fn user(status: StatusCode, exception: &'static str, message: String) -> AwsError {
@@ -79,6 +87,7 @@ fn user(status: StatusCode, exception: &'static str, message: String) -> AwsErro
         message_key: "message",
         message,
         fault: "User",
+        throttle: None,
     }
 }
 
@@ -178,6 +187,17 @@ impl ApiError {
                     )
                 },
                 StoreError::RevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
+                StoreError::ReservationTooLarge {
+                    minimum_unreserved, ..
+                } => user(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValueException",
+                    format!(
+                        "Specified ReservedConcurrentExecutions for function decreases account's \
+                         UnreservedConcurrentExecution below its minimum value of \
+                         [{minimum_unreserved}]."
+                    ),
+                ),
                 StoreError::Database { .. } | StoreError::Corrupt { .. } => {
                     service_error(store.to_string())
                 }
@@ -186,6 +206,17 @@ impl ApiError {
                 EngineError::FunctionNotFound { arn } => {
                     ApiError::FunctionNotFound { arn: arn.clone() }.aws_error()
                 }
+                EngineError::Throttled { reason } => AwsError {
+                    throttle: Some(Throttle {
+                        reason: reason.as_str(),
+                        retry_after_seconds: 1,
+                    }),
+                    ..user(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "TooManyRequestsException",
+                        "Rate Exceeded.".to_owned(),
+                    )
+                },
                 EngineError::RuntimeUnavailable { runtime } => not_implemented_error(format!(
                     "runtime {runtime} is not available in this build of Lamina: only the \
                      provided.al2023 and provided.al2 runtimes (a bootstrap in the zip) run so far"
@@ -237,6 +268,7 @@ fn service_error(message: String) -> AwsError {
         message_key: "Message",
         message,
         fault: "Service",
+        throttle: None,
     }
 }
 
@@ -245,6 +277,9 @@ impl AwsError {
         let mut body = serde_json::Map::new();
         body.insert("Type".to_owned(), self.fault.into());
         body.insert(self.message_key.to_owned(), self.message.into());
+        if let Some(throttle) = &self.throttle {
+            body.insert("Reason".to_owned(), throttle.reason.into());
+        }
         let mut response = (
             self.status,
             [(
@@ -257,6 +292,12 @@ impl AwsError {
         response
             .headers_mut()
             .insert("x-amzn-ErrorType", HeaderValue::from_static(self.exception));
+        if let Some(throttle) = &self.throttle {
+            response.headers_mut().insert(
+                "Retry-After",
+                HeaderValue::from(throttle.retry_after_seconds),
+            );
+        }
         response
     }
 }

@@ -22,6 +22,7 @@ use lamina_model::NameShape;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod concurrency;
 pub mod error;
 mod invoke;
 pub mod service;
@@ -82,6 +83,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
+        )
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            axum::routing::put(concurrency::put_function_concurrency)
+                .delete(concurrency::delete_function_concurrency),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(concurrency::get_function_concurrency),
         )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
@@ -213,6 +223,8 @@ struct GetFunctionResponse {
     configuration: lamina_model::FunctionConfiguration,
     code: CodeLocation,
     tags: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<service::Concurrency>,
 }
 
 #[derive(Serialize)]
@@ -247,6 +259,11 @@ async fn get_function(
             location: format!("http://{host}/lamina/code/{}.zip", details.code_sha256_hex),
         },
         tags: details.tags,
+        concurrency: details
+            .reserved_concurrency
+            .map(|reserved| service::Concurrency {
+                reserved_concurrent_executions: Some(reserved),
+            }),
     };
     Ok(json_response(StatusCode::OK, &response))
 }

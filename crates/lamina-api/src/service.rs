@@ -47,6 +47,8 @@ pub struct ControlPlane {
 /// Whoever must forget a function's old state when it changes.
 pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
     fn function_changed(&self, function_name: &str);
+    /// A function's reserved concurrency was set (`Some`) or removed (`None`).
+    fn reservation_changed(&self, function_name: &str, reserved: Option<u32>);
     /// Code trees still mounted by running environments: collection must keep them even
     /// when no stored version references them any more.
     fn code_in_use(&self) -> std::collections::HashSet<String>;
@@ -55,6 +57,10 @@ pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
 impl FunctionChangeListener for lamina_engine::Engine {
     fn function_changed(&self, function_name: &str) {
         lamina_engine::Engine::function_changed(self, function_name);
+    }
+
+    fn reservation_changed(&self, function_name: &str, reserved: Option<u32>) {
+        self.concurrency().set_reservation(function_name, reserved);
     }
 
     fn code_in_use(&self) -> std::collections::HashSet<String> {
@@ -68,6 +74,15 @@ pub struct FunctionDetails {
     pub configuration: FunctionConfiguration,
     pub code_sha256_hex: String,
     pub tags: BTreeMap<String, String>,
+    pub reserved_concurrency: Option<u32>,
+}
+
+/// The `Concurrency` shape: a function's reservation, absent when it has none.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Concurrency {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrent_executions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +152,12 @@ impl ControlPlane {
             change_listener: None,
             code_gc: RwLock::new(()),
         }
+    }
+
+    /// The account's concurrency limit (what `lamina serve --concurrency-limit` set).
+    pub fn with_concurrency_limit(mut self, limit: u32) -> Self {
+        self.concurrent_executions = limit;
+        self
     }
 
     pub fn with_change_listener(mut self, listener: Arc<dyn FunctionChangeListener>) -> Self {
@@ -315,10 +336,12 @@ impl ControlPlane {
     pub fn get_function(&self, function: &FunctionRef) -> Result<FunctionDetails, ApiError> {
         let version = self.find_version(function)?;
         let tags = self.store.tags(&function.name)?.unwrap_or_default();
+        let reserved_concurrency = self.store.reserved_concurrency(&function.name)?.flatten();
         Ok(FunctionDetails {
             configuration: version.configuration(&self.account),
             code_sha256_hex: version.code.sha256_hex,
             tags,
+            reserved_concurrency,
         })
     }
 
@@ -495,6 +518,9 @@ impl ControlPlane {
         }
         tracing::info!(function = %function.name, "function deleted");
         self.changed(&function.name);
+        if let Some(listener) = &self.change_listener {
+            listener.reservation_changed(&function.name, None);
+        }
         self.collect_unused_code();
         Ok(())
     }
@@ -520,16 +546,103 @@ impl ControlPlane {
         }
     }
 
+    /// The function a concurrency operation names: reservations belong to the function,
+    /// not to a version or alias.
+    fn function_for_concurrency(&self, function: &FunctionRef) -> Result<String, ApiError> {
+        if function.qualifier.is_some() {
+            return Err(RequestError::InvalidParameter(
+                "Concurrency can only be set on the function, not on a version or alias. \
+                 Please specify a function name or an unqualified function ARN."
+                    .to_owned(),
+            )
+            .into());
+        }
+        Ok(function.name.clone())
+    }
+
+    pub fn put_function_concurrency(
+        &self,
+        function: &FunctionRef,
+        reserved: Option<i64>,
+    ) -> Result<Concurrency, ApiError> {
+        let name = self.function_for_concurrency(function)?;
+        let mut violations = Violations::new();
+        let reserved = match reserved {
+            None => {
+                violations.push(
+                    "reservedConcurrentExecutions",
+                    Some("null"),
+                    "Member must not be null",
+                );
+                0
+            }
+            Some(value) => {
+                violations.range("reservedConcurrentExecutions", value, 0, i64::MAX);
+                value
+            }
+        };
+        violations.into_result().map_err(RequestError::from)?;
+        // Negative values were refused above; beyond u32 no account limit could hold it.
+        let reserved = u32::try_from(reserved).unwrap_or(u32::MAX);
+        if !self.store.set_reserved_concurrency(
+            &name,
+            Some(reserved),
+            self.concurrent_executions,
+            lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions),
+        )? {
+            return Err(self.not_found(function));
+        }
+        tracing::info!(function = %name, reserved, "reserved concurrency set");
+        if let Some(listener) = &self.change_listener {
+            listener.reservation_changed(&name, Some(reserved));
+        }
+        Ok(Concurrency {
+            reserved_concurrent_executions: Some(reserved),
+        })
+    }
+
+    pub fn get_function_concurrency(
+        &self,
+        function: &FunctionRef,
+    ) -> Result<Concurrency, ApiError> {
+        let name = self.function_for_concurrency(function)?;
+        match self.store.reserved_concurrency(&name)? {
+            None => Err(self.not_found(function)),
+            Some(reserved) => Ok(Concurrency {
+                reserved_concurrent_executions: reserved,
+            }),
+        }
+    }
+
+    pub fn delete_function_concurrency(&self, function: &FunctionRef) -> Result<(), ApiError> {
+        let name = self.function_for_concurrency(function)?;
+        if !self.store.set_reserved_concurrency(&name, None, 0, 0)? {
+            return Err(self.not_found(function));
+        }
+        tracing::info!(function = %name, "reserved concurrency removed");
+        if let Some(listener) = &self.change_listener {
+            listener.reservation_changed(&name, None);
+        }
+        Ok(())
+    }
+
     pub fn account_settings(&self) -> Result<AccountSettings, ApiError> {
         let usage = self.store.account_usage()?;
+        let reserved: u64 = self
+            .store
+            .reservations()?
+            .iter()
+            .map(|(_, reserved)| u64::from(*reserved))
+            .sum();
         Ok(AccountSettings {
             account_limit: AccountLimit {
                 total_code_size: TOTAL_CODE_SIZE_LIMIT,
                 code_size_unzipped: self.code_limits.max_unzipped_bytes,
                 code_size_zipped: self.code_limits.max_zipped_bytes,
                 concurrent_executions: self.concurrent_executions,
-                // No reservations exist until the concurrency issue lands.
-                unreserved_concurrent_executions: self.concurrent_executions,
+                unreserved_concurrent_executions: u64::from(self.concurrent_executions)
+                    .saturating_sub(reserved)
+                    as u32,
             },
             account_usage: AccountUsageResponse {
                 total_code_size: usage.total_code_size,

@@ -20,6 +20,7 @@
 //! oneshot back. Log lines go to the environment's relay task and from there to the log
 //! store's batching writer, off the response path.
 
+pub mod concurrency;
 mod environment;
 mod log_relay;
 
@@ -35,6 +36,7 @@ use lamina_runtime_api::{InitState, Invocation, InvocationOutcome};
 use lamina_sandbox::{EnvironmentExit, Sandbox, SandboxError};
 use lamina_store::{CodeError, CodeStore, MetadataStore, StoreError};
 
+pub use concurrency::{ConcurrencyGovernor, ThrottleReason};
 pub use environment::BOOTSTRAP_PATHS;
 use environment::{CodeInUse, Environment, StartContext};
 
@@ -47,6 +49,8 @@ pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6_291_456;
 pub enum EngineError {
     #[error("function not found: {arn}")]
     FunctionNotFound { arn: String },
+    #[error("throttled: {}", reason.as_str())]
+    Throttled { reason: ThrottleReason },
     #[error("runtime {runtime} is not available in this build of lamina")]
     RuntimeUnavailable { runtime: String },
     #[error("the deployment package has no bootstrap")]
@@ -72,6 +76,8 @@ pub struct EngineConfig {
     pub account: Account,
     /// How long an idle environment is kept warm.
     pub idle_timeout: Duration,
+    /// The account's concurrency limit, shared by every function.
+    pub concurrency_limit: u32,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -120,6 +126,7 @@ pub struct Engine {
     generation: AtomicU64,
     code_in_use: Arc<CodeInUse>,
     environments_started: AtomicU64,
+    concurrency: ConcurrencyGovernor,
 }
 
 /// A version-4 UUID from a fast thread-local generator. Request ids, trace ids and
@@ -182,8 +189,12 @@ impl Engine {
         code: Arc<CodeStore>,
         sandbox: Arc<dyn Sandbox>,
         logs: LogSink,
-    ) -> Arc<Engine> {
-        Arc::new(Engine {
+    ) -> Result<Arc<Engine>, EngineError> {
+        let concurrency = ConcurrencyGovernor::new(config.concurrency_limit);
+        for (function_name, reserved) in store.reservations()? {
+            concurrency.set_reservation(&function_name, Some(reserved));
+        }
+        Ok(Arc::new(Engine {
             config,
             store,
             code,
@@ -193,7 +204,13 @@ impl Engine {
             generation: AtomicU64::new(0),
             code_in_use: Arc::default(),
             environments_started: AtomicU64::new(0),
-        })
+            concurrency,
+        }))
+    }
+
+    /// The account's concurrency: limits, reservations and what is in use.
+    pub fn concurrency(&self) -> &ConcurrencyGovernor {
+        &self.concurrency
     }
 
     pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
@@ -386,6 +403,11 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| LATEST.to_owned());
         let slot = self.slot(&request.function_name, &version_name).await?;
+        // Held until the invocation has answered and its environment is back in the pool.
+        let _permit = self
+            .concurrency
+            .acquire(&request.function_name)
+            .map_err(|reason| EngineError::Throttled { reason })?;
         let version = slot.version.clone();
         let request_id = random_uuid().to_string();
 

@@ -29,6 +29,12 @@ pub enum StoreError {
         name: String,
         expected_revision_id: String,
     },
+    #[error("reserving concurrency for {name} would leave too little unreserved")]
+    ReservationTooLarge {
+        name: String,
+        /// What must stay unreserved, for the message.
+        minimum_unreserved: u32,
+    },
     #[error("metadata database failed during {operation}: {source}")]
     Database {
         operation: &'static str,
@@ -102,6 +108,23 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
         set: &BTreeMap<String, String>,
         remove: &[String],
     ) -> Result<bool, StoreError>;
+
+    /// Sets (`Some`) or removes (`None`) a function's reserved concurrency, refusing a
+    /// reservation that would leave less than `minimum_unreserved` of `account_limit`
+    /// unreserved (checked in the same transaction); false if the function does not exist.
+    fn set_reserved_concurrency(
+        &self,
+        function_name: &str,
+        reserved: Option<u32>,
+        account_limit: u32,
+        minimum_unreserved: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// `None` if the function does not exist, else its reservation, if any.
+    fn reserved_concurrency(&self, function_name: &str) -> Result<Option<Option<u32>>, StoreError>;
+
+    /// Every reservation, by function name.
+    fn reservations(&self) -> Result<Vec<(String, u32)>, StoreError>;
 
     fn account_usage(&self) -> Result<AccountUsage, StoreError>;
 

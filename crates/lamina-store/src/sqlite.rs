@@ -15,7 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{AccountUsage, ListPosition, MetadataStore, StoreError, version_order};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE functions (
         name        TEXT PRIMARY KEY,
         tags        TEXT NOT NULL DEFAULT '{}'
@@ -31,7 +32,11 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (function_name, version_order)
     );
     CREATE UNIQUE INDEX function_versions_by_name ON function_versions(function_name, version);
-"];
+",
+    "
+    ALTER TABLE functions ADD COLUMN reserved_concurrency INTEGER;
+",
+];
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -316,6 +321,79 @@ impl MetadataStore for SqliteStore {
         .map_err(db("update tags"))?;
         tx.commit().map_err(db("update tags"))?;
         Ok(true)
+    }
+
+    fn set_reserved_concurrency(
+        &self,
+        function_name: &str,
+        reserved: Option<u32>,
+        account_limit: u32,
+        minimum_unreserved: u32,
+    ) -> Result<bool, StoreError> {
+        let max_total_reserved = account_limit.saturating_sub(minimum_unreserved);
+        let mut connection = self.lock();
+        let tx = connection
+            .transaction()
+            .map_err(db("set reserved concurrency"))?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM functions WHERE name = ?1)",
+                params![function_name],
+                |row| row.get(0),
+            )
+            .map_err(db("set reserved concurrency"))?;
+        if !exists {
+            return Ok(false);
+        }
+        if let Some(reserved) = reserved {
+            let others: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(reserved_concurrency), 0) FROM functions WHERE name != ?1",
+                    params![function_name],
+                    |row| row.get(0),
+                )
+                .map_err(db("set reserved concurrency"))?;
+            if others + i64::from(reserved) > i64::from(max_total_reserved) {
+                return Err(StoreError::ReservationTooLarge {
+                    name: function_name.to_owned(),
+                    minimum_unreserved,
+                });
+            }
+        }
+        tx.execute(
+            "UPDATE functions SET reserved_concurrency = ?2 WHERE name = ?1",
+            params![function_name, reserved],
+        )
+        .map_err(db("set reserved concurrency"))?;
+        tx.commit().map_err(db("set reserved concurrency"))?;
+        Ok(true)
+    }
+
+    fn reserved_concurrency(&self, function_name: &str) -> Result<Option<Option<u32>>, StoreError> {
+        let connection = self.lock();
+        connection
+            .query_row(
+                "SELECT reserved_concurrency FROM functions WHERE name = ?1",
+                params![function_name],
+                |row| row.get::<_, Option<u32>>(0),
+            )
+            .optional()
+            .map_err(db("read reserved concurrency"))
+    }
+
+    fn reservations(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT name, reserved_concurrency FROM functions
+                  WHERE reserved_concurrency IS NOT NULL ORDER BY name",
+            )
+            .map_err(db("list reservations"))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(db("list reservations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("list reservations"))
     }
 
     fn account_usage(&self) -> Result<AccountUsage, StoreError> {

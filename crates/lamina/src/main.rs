@@ -60,6 +60,11 @@ struct ServeArgs {
     /// Seconds an idle execution environment is kept warm before it is reaped.
     #[arg(long, env = "LAMINA_IDLE_TIMEOUT", default_value_t = 300)]
     idle_timeout: u64,
+    /// The account's concurrency limit: invocations running at once across all functions
+    /// (AWS's default is 1,000; at least 100, or all of a smaller limit, stay unreserved).
+    #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency_limit: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,16 +129,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             EngineConfig {
                 account: account.clone(),
                 idle_timeout: Duration::from_secs(args.idle_timeout),
+                concurrency_limit: args.concurrency_limit,
             },
             store.clone(),
             code.clone(),
             sandbox.clone(),
             logs.sink(),
-        );
+        )
+        .context("cannot start the invoker")?;
         engine.spawn_reaper();
         let code_for_shutdown = code.clone();
-        let control_plane =
-            Arc::new(ControlPlane::new(account, store, code).with_change_listener(engine.clone()));
+        let control_plane = Arc::new(
+            ControlPlane::new(account, store, code)
+                .with_concurrency_limit(args.concurrency_limit)
+                .with_change_listener(engine.clone()),
+        );
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
         control_plane.collect_unused_code();

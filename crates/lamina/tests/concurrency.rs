@@ -1,0 +1,258 @@
+//! Lambda's concurrency model through `aws-sdk-lambda`: reserved concurrency as a ceiling
+//! and a guarantee, the account limit shared by every function, and AWS's throttle shape.
+
+mod support;
+
+use aws_sdk_lambda::operation::invoke::InvokeError;
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::{FunctionCode, Runtime, ThrottleReason};
+use serde_json::json;
+use support::*;
+
+async fn deploy(client: &aws_sdk_lambda::Client, name: &str) {
+    client
+        .create_function()
+        .function_name(name)
+        .runtime(Runtime::Providedal2023)
+        .role(ROLE)
+        .handler("bootstrap")
+        .timeout(30)
+        .code(
+            FunctionCode::builder()
+                .zip_file(test_function_zip().into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create_function succeeds");
+}
+
+/// Invokes `name` with an event that sleeps `ms`; returns the throttle reason, if throttled.
+async fn invoke_sleeping(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    ms: u64,
+) -> Result<(), (ThrottleReason, Option<String>)> {
+    let event = json!({"action": "sleep", "ms": ms});
+    match client
+        .invoke()
+        .function_name(name)
+        .payload(Blob::new(serde_json::to_vec(&event).unwrap()))
+        .send()
+        .await
+    {
+        Ok(output) => {
+            assert_eq!(output.function_error(), None, "{:?}", output.payload());
+            Ok(())
+        }
+        Err(error) => match error.into_service_error() {
+            InvokeError::TooManyRequestsException(throttled) => {
+                assert_eq!(throttled.message(), Some("Rate Exceeded."));
+                Err((
+                    throttled.reason().cloned().expect("a throttle names its reason"),
+                    throttled.retry_after_seconds().map(str::to_owned),
+                ))
+            }
+            other => panic!("expected a throttle, got {other:?}"),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reserved_concurrency_is_a_ceiling() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "single").await;
+    let put = client
+        .put_function_concurrency()
+        .function_name("single")
+        .reserved_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.reserved_concurrent_executions(), Some(1));
+    let got = client
+        .get_function_concurrency()
+        .function_name("single")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.reserved_concurrent_executions(), Some(1));
+    let function = client.get_function().function_name("single").send().await.unwrap();
+    assert_eq!(
+        function.concurrency().and_then(|c| c.reserved_concurrent_executions()),
+        Some(1)
+    );
+
+    // Warm one environment first so the overlapping pair is about concurrency, not start-up.
+    invoke_sleeping(&client, "single", 0).await.unwrap();
+    let long = tokio::spawn({
+        let client = client.clone();
+        async move { invoke_sleeping(&client, "single", 1500).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (reason, retry_after) = invoke_sleeping(&client, "single", 0).await.unwrap_err();
+    assert_eq!(
+        reason,
+        ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded
+    );
+    assert!(retry_after.is_some(), "a throttle says when to retry");
+    long.await.unwrap().expect("the first invocation ran");
+    // Once it finished, the reservation is free again.
+    invoke_sleeping(&client, "single", 0).await.unwrap();
+
+    // Zero reserved throttles every invoke; deleting the reservation lifts it.
+    client
+        .put_function_concurrency()
+        .function_name("single")
+        .reserved_concurrent_executions(0)
+        .send()
+        .await
+        .unwrap();
+    let (reason, _) = invoke_sleeping(&client, "single", 0).await.unwrap_err();
+    assert_eq!(
+        reason,
+        ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded
+    );
+    client
+        .delete_function_concurrency()
+        .function_name("single")
+        .send()
+        .await
+        .unwrap();
+    let got = client
+        .get_function_concurrency()
+        .function_name("single")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.reserved_concurrent_executions(), None);
+    invoke_sleeping(&client, "single", 0).await.unwrap();
+}
+
+#[tokio::test]
+async fn reservations_are_reported_and_bounded_by_the_account_limit() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "a").await;
+    deploy(&client, "b").await;
+
+    let settings = client.get_account_settings().send().await.unwrap();
+    let limit = settings.account_limit().unwrap();
+    assert_eq!(limit.concurrent_executions(), 1000);
+    assert_eq!(limit.unreserved_concurrent_executions(), Some(1000));
+
+    client
+        .put_function_concurrency()
+        .function_name("a")
+        .reserved_concurrent_executions(600)
+        .send()
+        .await
+        .unwrap();
+    let settings = client.get_account_settings().send().await.unwrap();
+    assert_eq!(
+        settings.account_limit().unwrap().unreserved_concurrent_executions(),
+        Some(400)
+    );
+
+    // 600 + 301 would leave 99 unreserved: AWS keeps at least 100.
+    let error = client
+        .put_function_concurrency()
+        .function_name("b")
+        .reserved_concurrent_executions(301)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "InvalidParameterValueException".to_owned(),
+            400,
+            "Specified ReservedConcurrentExecutions for function decreases account's \
+             UnreservedConcurrentExecution below its minimum value of [100]."
+                .to_owned()
+        )
+    );
+    // Replacing a's own reservation is measured without its old value.
+    client
+        .put_function_concurrency()
+        .function_name("a")
+        .reserved_concurrent_executions(900)
+        .send()
+        .await
+        .unwrap();
+
+    let error = client
+        .put_function_concurrency()
+        .function_name("missing")
+        .reserved_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    let (code, status, message) = aws_error(error);
+    assert_eq!((code.as_str(), status), ("ResourceNotFoundException", 404));
+    assert!(message.ends_with(":function:missing"), "{message}");
+
+    let error = client
+        .put_function_concurrency()
+        .function_name("b")
+        .reserved_concurrent_executions(-1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "ValidationException".to_owned(),
+            400,
+            "1 validation error detected: Value '-1' at 'reservedConcurrentExecutions' failed \
+             to satisfy constraint: Member must have value greater than or equal to 0"
+                .to_owned()
+        )
+    );
+
+    // Deleting the function releases its reservation.
+    client.delete_function().function_name("a").send().await.unwrap();
+    let settings = client.get_account_settings().send().await.unwrap();
+    assert_eq!(
+        settings.account_limit().unwrap().unreserved_concurrent_executions(),
+        Some(1000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_account_limit_is_shared_by_all_functions() {
+    let server = LaminaServer::start_with(&["--concurrency-limit", "2"]);
+    let client = server.client();
+    deploy(&client, "first").await;
+    deploy(&client, "second").await;
+    invoke_sleeping(&client, "first", 0).await.unwrap();
+    invoke_sleeping(&client, "second", 0).await.unwrap();
+
+    let running: Vec<_> = ["first", "second"]
+        .into_iter()
+        .map(|name| {
+            let client = client.clone();
+            tokio::spawn(async move { invoke_sleeping(&client, name, 1500).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    for name in ["first", "second"] {
+        let (reason, _) = invoke_sleeping(&client, name, 0).await.unwrap_err();
+        assert_eq!(reason, ThrottleReason::ConcurrentInvocationLimitExceeded);
+    }
+    for invocation in running {
+        invocation.await.unwrap().expect("both long invocations ran");
+    }
+    invoke_sleeping(&client, "first", 0).await.unwrap();
+
+    // With a limit of 2 nothing can be reserved: all of it must stay unreserved.
+    let error = client
+        .put_function_concurrency()
+        .function_name("first")
+        .reserved_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(aws_error(error).2.ends_with("below its minimum value of [2]."));
+}
