@@ -9,7 +9,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use lamina_engine::EngineError;
+use lamina_engine::{EngineError, ThrottleReason};
 use lamina_model::RequestError;
 use lamina_store::{CodeError, StoreError};
 
@@ -215,6 +215,17 @@ impl ApiError {
                         StatusCode::TOO_MANY_REQUESTS,
                         "TooManyRequestsException",
                         "Rate Exceeded.".to_owned(),
+                    )
+                },
+                EngineError::HostMemoryFull { .. } => AwsError {
+                    throttle: Some(Throttle {
+                        reason: ThrottleReason::ConcurrentInvocationLimitExceeded.as_str(),
+                        retry_after_seconds: 1,
+                    }),
+                    ..user(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "TooManyRequestsException",
+                        format!("Rate Exceeded. Lamina: {engine}"),
                     )
                 },
                 EngineError::RuntimeUnavailable { runtime } => not_implemented_error(format!(

@@ -8,7 +8,8 @@
 //! warmest ones busy and lets the rest age out) or cold-starts a new one; concurrent
 //! invokes therefore get separate environments. After a clean invocation the environment
 //! goes back to the idle list; after a timeout, crash or OOM it is destroyed and the next
-//! invoke starts afresh. Idle environments are reaped after `idle_timeout`.
+//! invoke starts afresh. Idle environments are reaped after their keep-alive (see
+//! [`keep_alive`]).
 //!
 //! A change to a function (new code or configuration, deletion) retires its slots: idle
 //! environments are destroyed at once, busy ones when their invocation ends, so no invoke
@@ -22,10 +23,12 @@
 
 pub mod concurrency;
 mod environment;
+pub mod host_memory;
+pub mod keep_alive;
 mod log_relay;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +42,8 @@ use lamina_store::{CodeError, CodeStore, MetadataStore, StoreError};
 pub use concurrency::{ConcurrencyGovernor, ThrottleReason};
 pub use environment::BOOTSTRAP_PATHS;
 use environment::{CodeInUse, Environment, StartContext};
+use keep_alive::IdleTimes;
+pub use keep_alive::KeepAlive;
 
 /// How long a runtime may take to initialise before its first invocation.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +56,14 @@ pub enum EngineError {
     FunctionNotFound { arn: String },
     #[error("throttled: {}", reason.as_str())]
     Throttled { reason: ThrottleReason },
+    #[error(
+        "the host has {} MB of memory available, fewer than the {} MB a new environment \
+         needs (its MemorySize plus the host's reserve), and no idle environment is left \
+         to reclaim",
+        shortfall.available_mb,
+        shortfall.needed_mb
+    )]
+    HostMemoryFull { shortfall: host_memory::Shortfall },
     #[error("runtime {runtime} is not available in this build of lamina")]
     RuntimeUnavailable { runtime: String },
     #[error("the deployment package has no bootstrap")]
@@ -75,9 +88,11 @@ pub enum EngineError {
 pub struct EngineConfig {
     pub account: Account,
     /// How long an idle environment is kept warm.
-    pub idle_timeout: Duration,
+    pub keep_alive: KeepAlive,
     /// The account's concurrency limit, shared by every function.
     pub concurrency_limit: u32,
+    /// What must stay free on the host when an environment starts.
+    pub host_memory: host_memory::HostMemory,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -111,6 +126,12 @@ struct VersionSlot {
     version: Arc<FunctionVersion>,
     idle: Mutex<Vec<Arc<Environment>>>,
     retired: AtomicBool,
+    /// Invocations of this version running now.
+    busy: AtomicU32,
+    /// When an environment of this version last finished an invocation.
+    last_released: Mutex<Option<Instant>>,
+    /// What the adaptive keep-alive learns from.
+    idle_times: IdleTimes,
 }
 
 #[derive(Debug)]
@@ -134,6 +155,33 @@ pub struct Engine {
 /// environment), and the OS generator costs a system call per id on the invoke path.
 pub fn random_uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
+/// Counts an invocation as running on its version while alive.
+struct BusyGuard<'a> {
+    slot: &'a VersionSlot,
+}
+
+impl<'a> BusyGuard<'a> {
+    /// `no_idle_environment`: the invocation found no warm environment. If nothing of the
+    /// version was running either, the version had gone fully idle (its environments were
+    /// reaped), and the time since its last invocation ended is one idle-time sample.
+    fn enter(slot: &'a VersionSlot, no_idle_environment: bool) -> BusyGuard<'a> {
+        let running_before = slot.busy.fetch_add(1, Ordering::AcqRel);
+        if no_idle_environment
+            && running_before == 0
+            && let Some(released) = *slot.last_released.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            slot.idle_times.record(released.elapsed());
+        }
+        BusyGuard { slot }
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.slot.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub fn new_trace_id() -> String {
@@ -225,8 +273,12 @@ impl Engine {
     /// Starts the background reaper of idle environments.
     pub fn spawn_reaper(self: &Arc<Self>) {
         let engine = Arc::downgrade(self);
-        let period = (self.config.idle_timeout / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(10));
+        let period = match self.config.keep_alive {
+            KeepAlive::Fixed(duration) => duration / 4,
+            // Learned keep-alives can be as short as a few seconds.
+            KeepAlive::Adaptive { fallback } => (fallback / 4).min(Duration::from_secs(1)),
+        }
+        .clamp(Duration::from_millis(50), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             loop {
@@ -239,6 +291,68 @@ impl Engine {
         });
     }
 
+    /// Makes sure the host can hold one more environment of `memory_mb`, destroying idle
+    /// environments (longest idle first, any function) while it cannot.
+    async fn make_room(&self, memory_mb: u32) -> Result<(), EngineError> {
+        let mut shortfall = match self.config.host_memory.admit(memory_mb) {
+            Ok(()) => return Ok(()),
+            Err(shortfall) => shortfall,
+        };
+        loop {
+            // Enough idle environments to cover the shortfall, if each gave back its size.
+            let mut candidates: Vec<(Duration, Arc<VersionSlot>, String)> = self
+                .slots
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .flat_map(|slot| {
+                    slot.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|env| (env.idle_for(), slot.clone(), env.id.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if candidates.is_empty() {
+                tracing::warn!(
+                    available_mb = shortfall.available_mb,
+                    needed_mb = shortfall.needed_mb,
+                    "host memory is full: throttling a cold start"
+                );
+                return Err(EngineError::HostMemoryFull { shortfall });
+            }
+            candidates.sort_by(|a, b| b.0.cmp(&a.0));
+            let mut victims = Vec::new();
+            let mut freed_mb = 0u64;
+            for (_, slot, id) in candidates {
+                if freed_mb >= shortfall.needed_mb - shortfall.available_mb {
+                    break;
+                }
+                let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(position) = idle.iter().position(|env| env.id == id) {
+                    let environment = idle.remove(position);
+                    freed_mb += environment.max_memory_used_mb().max(1);
+                    victims.push(environment);
+                }
+            }
+            tracing::info!(
+                reclaimed = victims.len(),
+                "host memory is short: destroying idle environments"
+            );
+            let _ = tokio::task::spawn_blocking(move || {
+                for environment in victims {
+                    environment.destroy();
+                }
+            })
+            .await;
+            match self.config.host_memory.admit(memory_mb) {
+                Ok(()) => return Ok(()),
+                Err(still) => shortfall = still,
+            }
+        }
+    }
+
     fn reap_idle(&self) {
         let slots: Vec<Arc<VersionSlot>> = self
             .slots
@@ -248,11 +362,12 @@ impl Engine {
             .cloned()
             .collect();
         for slot in slots {
+            let keep_alive = self.config.keep_alive.for_history(&slot.idle_times);
             let expired: Vec<Arc<Environment>> = {
                 let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (keep, expired) = idle.drain(..).partition(|env| {
-                    env.idle_for() < self.config.idle_timeout && !env.has_exited()
-                });
+                let (keep, expired) = idle
+                    .drain(..)
+                    .partition(|env| env.idle_for() < keep_alive && !env.has_exited());
                 *idle = keep;
                 expired
             };
@@ -351,6 +466,9 @@ impl Engine {
                     version: Arc::new(found),
                     idle: Mutex::new(Vec::new()),
                     retired: AtomicBool::new(false),
+                    busy: AtomicU32::new(0),
+                    last_released: Mutex::new(None),
+                    idle_times: IdleTimes::default(),
                 })
             });
             return Ok(slot.clone());
@@ -412,12 +530,17 @@ impl Engine {
         let request_id = random_uuid().to_string();
 
         let popped = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let _busy = BusyGuard::enter(&slot, popped.is_none());
         let environment = match popped {
-            Some(environment) if !environment.has_exited() => environment,
+            Some(environment) if !environment.has_exited() => {
+                slot.idle_times.record(environment.idle_for());
+                environment
+            }
             stale => {
                 if let Some(stale) = stale {
                     stale.destroy_in_background();
                 }
+                self.make_room(version.settings.memory_mb).await?;
                 let init_started = Instant::now();
                 let environment = match self.start_environment(&slot).await {
                     Ok(environment) => environment,
@@ -665,6 +788,8 @@ impl Engine {
                 false
             } else {
                 environment.touch();
+                *slot.last_released.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now());
                 idle.push(environment.clone());
                 true
             }

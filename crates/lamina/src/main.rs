@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use lamina_api::{AppState, ControlPlane};
-use lamina_engine::{Engine, EngineConfig};
+use lamina_engine::host_memory::HostMemory;
+use lamina_engine::{Engine, EngineConfig, KeepAlive};
 use lamina_model::Account;
 use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
@@ -57,14 +58,25 @@ struct ServeArgs {
     /// needs root), `process` (plain child processes, NO isolation), or `auto`.
     #[arg(long, env = "LAMINA_SANDBOX", default_value = "auto", value_parser = ["auto", "linux", "process"])]
     sandbox: String,
-    /// Seconds an idle execution environment is kept warm before it is reaped.
+    /// Seconds an idle execution environment is kept warm before it is reaped: always
+    /// with `--keep-alive fixed`, and until a function has enough history with `adaptive`.
     #[arg(long, env = "LAMINA_IDLE_TIMEOUT", default_value_t = 300)]
     idle_timeout: u64,
+    /// `adaptive` learns each function version's keep-alive from the idle times it has
+    /// seen (99th percentile + 10%, the hybrid histogram policy); `fixed` always uses
+    /// `--idle-timeout`.
+    #[arg(long, env = "LAMINA_KEEP_ALIVE", default_value = "adaptive", value_parser = ["adaptive", "fixed"])]
+    keep_alive: String,
     /// The account's concurrency limit: invocations running at once across all functions
     /// (AWS's default is 1,000; at least 100, or all of a smaller limit, stay unreserved).
     #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     concurrency_limit: u32,
+    /// Memory (MB) kept free on the host: a cold start that would leave less is preceded
+    /// by reclaiming idle environments, and throttled if that is not enough. Default: 5%
+    /// of the host's memory, at least 256 MB.
+    #[arg(long, env = "LAMINA_HOST_MEMORY_RESERVE_MB")]
+    host_memory_reserve_mb: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,8 +140,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let engine = Engine::new(
             EngineConfig {
                 account: account.clone(),
-                idle_timeout: Duration::from_secs(args.idle_timeout),
+                keep_alive: match args.keep_alive.as_str() {
+                    "fixed" => KeepAlive::Fixed(Duration::from_secs(args.idle_timeout)),
+                    _ => KeepAlive::Adaptive {
+                        fallback: Duration::from_secs(args.idle_timeout),
+                    },
+                },
                 concurrency_limit: args.concurrency_limit,
+                host_memory: HostMemory {
+                    reserve_mb: args
+                        .host_memory_reserve_mb
+                        .unwrap_or_else(HostMemory::default_reserve_mb),
+                },
             },
             store.clone(),
             code.clone(),

@@ -49,7 +49,10 @@ async fn invoke_sleeping(
             InvokeError::TooManyRequestsException(throttled) => {
                 assert_eq!(throttled.message(), Some("Rate Exceeded."));
                 Err((
-                    throttled.reason().cloned().expect("a throttle names its reason"),
+                    throttled
+                        .reason()
+                        .cloned()
+                        .expect("a throttle names its reason"),
                     throttled.retry_after_seconds().map(str::to_owned),
                 ))
             }
@@ -78,9 +81,16 @@ async fn reserved_concurrency_is_a_ceiling() {
         .await
         .unwrap();
     assert_eq!(got.reserved_concurrent_executions(), Some(1));
-    let function = client.get_function().function_name("single").send().await.unwrap();
+    let function = client
+        .get_function()
+        .function_name("single")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        function.concurrency().and_then(|c| c.reserved_concurrent_executions()),
+        function
+            .concurrency()
+            .and_then(|c| c.reserved_concurrent_executions()),
         Some(1)
     );
 
@@ -151,7 +161,10 @@ async fn reservations_are_reported_and_bounded_by_the_account_limit() {
         .unwrap();
     let settings = client.get_account_settings().send().await.unwrap();
     assert_eq!(
-        settings.account_limit().unwrap().unreserved_concurrent_executions(),
+        settings
+            .account_limit()
+            .unwrap()
+            .unreserved_concurrent_executions(),
         Some(400)
     );
 
@@ -212,10 +225,18 @@ async fn reservations_are_reported_and_bounded_by_the_account_limit() {
     );
 
     // Deleting the function releases its reservation.
-    client.delete_function().function_name("a").send().await.unwrap();
+    client
+        .delete_function()
+        .function_name("a")
+        .send()
+        .await
+        .unwrap();
     let settings = client.get_account_settings().send().await.unwrap();
     assert_eq!(
-        settings.account_limit().unwrap().unreserved_concurrent_executions(),
+        settings
+            .account_limit()
+            .unwrap()
+            .unreserved_concurrent_executions(),
         Some(1000)
     );
 }
@@ -242,7 +263,10 @@ async fn the_account_limit_is_shared_by_all_functions() {
         assert_eq!(reason, ThrottleReason::ConcurrentInvocationLimitExceeded);
     }
     for invocation in running {
-        invocation.await.unwrap().expect("both long invocations ran");
+        invocation
+            .await
+            .unwrap()
+            .expect("both long invocations ran");
     }
     invoke_sleeping(&client, "first", 0).await.unwrap();
 
@@ -254,5 +278,70 @@ async fn the_account_limit_is_shared_by_all_functions() {
         .send()
         .await
         .unwrap_err();
-    assert!(aws_error(error).2.ends_with("below its minimum value of [2]."));
+    assert!(
+        aws_error(error)
+            .2
+            .ends_with("below its minimum value of [2].")
+    );
+}
+
+/// Whether an invoke started a new environment: its REPORT line carries `Init Duration`.
+async fn invoke_was_cold(client: &aws_sdk_lambda::Client, name: &str) -> bool {
+    use base64::Engine as _;
+    let output = client
+        .invoke()
+        .function_name(name)
+        .payload(Blob::new(br#"{"action":"noop"}"#.to_vec()))
+        .log_type(aws_sdk_lambda::types::LogType::Tail)
+        .send()
+        .await
+        .expect("invoke succeeds");
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(output.log_result().expect("a log tail"))
+        .unwrap();
+    String::from_utf8(log).unwrap().contains("Init Duration")
+}
+
+#[tokio::test]
+async fn a_frequently_invoked_function_learns_a_short_keep_alive() {
+    // The fallback keep-alive is five minutes; the function's own rhythm says otherwise.
+    let server = LaminaServer::start_with(&["--idle-timeout", "300"]);
+    let client = server.client();
+    deploy(&client, "busy").await;
+    assert!(invoke_was_cold(&client, "busy").await);
+    for _ in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!invoke_was_cold(&client, "busy").await, "kept warm meanwhile");
+    }
+    // Idle times all under a second: the learned keep-alive is the 5 s floor, so after
+    // 7 s the environment is gone (with the fixed policy it would stay five minutes).
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert!(invoke_was_cold(&client, "busy").await, "reaped after its learned keep-alive");
+}
+
+#[tokio::test]
+async fn a_full_host_throttles_cold_starts_with_a_clear_reason() {
+    // A reserve larger than any host: no new environment may start.
+    let server = LaminaServer::start_with(&["--host-memory-reserve-mb", "100000000"]);
+    let client = server.client();
+    deploy(&client, "crowded").await;
+    let error = client
+        .invoke()
+        .function_name("crowded")
+        .payload(Blob::new(br#"{"action":"noop"}"#.to_vec()))
+        .send()
+        .await
+        .unwrap_err();
+    match error.into_service_error() {
+        InvokeError::TooManyRequestsException(throttled) => {
+            assert_eq!(
+                throttled.reason(),
+                Some(&ThrottleReason::ConcurrentInvocationLimitExceeded)
+            );
+            let message = throttled.message().unwrap_or_default();
+            assert!(message.starts_with("Rate Exceeded."), "{message}");
+            assert!(message.contains("MB of memory available"), "{message}");
+        }
+        other => panic!("expected a throttle, got {other:?}"),
+    }
 }
