@@ -322,7 +322,7 @@ impl Engine {
                 );
                 return Err(EngineError::HostMemoryFull { shortfall });
             }
-            candidates.sort_by(|a, b| b.0.cmp(&a.0));
+            candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
             let mut victims = Vec::new();
             let mut freed_mb = 0u64;
             for (_, slot, id) in candidates {
