@@ -22,6 +22,10 @@ use tokio::sync::Notify;
 pub const TAIL_BYTES: usize = 4096;
 /// Keep at most this much of the current invocation's text (a little over the tail).
 const KEPT_BYTES: usize = 2 * TAIL_BYTES;
+/// Each environment keeps its own read buffer for its whole life, idle or not: a thousand
+/// warm environments hold a thousand of them. Reads loop until the pipe is empty, so a
+/// smaller buffer only means more reads for chatty functions.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// A line longer than this is cut into several events, as CloudWatch caps event size.
 const MAX_LINE_BYTES: usize = 256 * 1024;
 
@@ -210,7 +214,7 @@ impl LogRelay {
                     pending: Vec::new(),
                 },
                 pipe_open: true,
-                buffer: vec![0u8; 64 * 1024],
+                buffer: vec![0u8; READ_BUFFER_BYTES],
             }),
             closed: Notify::new(),
         });

@@ -5,7 +5,11 @@
 //! `cargo bench -p lamina --bench invoke` prints:
 //! - cold start: CreateFunction sent → first invoke answered, and the first invoke alone;
 //! - warm invoke latency p50/p99 over sequential invokes on one connection;
-//! - invokes/s (and p50/p99) at concurrency 1, 4 and 16, each client on its own connection.
+//! - invokes/s (and p50/p99) at concurrency 1, 4, 8, 16, 32 and 128, each client on its
+//!   own connection, with the CPU each invoke cost the server, the functions and the clients;
+//! - the time to scale a function from 0 to 64 concurrent environments;
+//! - host memory per idle warm environment beyond the function's own, and whether
+//!   `LAMINA_BENCH_IDLE` (default 1000) idle warm environments can be held at once.
 //!
 //! Set `LAMINA_BENCH_SECONDS` (default 5) for the length of each throughput run and
 //! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory;
@@ -95,7 +99,7 @@ fn create_function_body(name: &str, zip_base64: &str, memory: u32) -> Vec<u8> {
         "Role": "arn:aws:iam::000000000000:role/bench",
         "Handler": "bootstrap",
         "MemorySize": memory,
-        "Timeout": 30,
+        "Timeout": 120,
         "Code": { "ZipFile": zip_base64 },
     }))
     .unwrap()
@@ -181,6 +185,152 @@ fn own_cpu() -> Duration {
     tv(usage.user_time()) + tv(usage.system_time())
 }
 
+/// `count` clients invoke `name` at once with an event that sleeps `sleep_ms`; returns
+/// each invoke's latency.
+fn burst(host: &str, name: &str, count: usize, sleep_ms: u64) -> Vec<Duration> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let event = format!(r#"{{"action":"sleep","ms":{sleep_ms}}}"#);
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (host, path, event) = (host.to_owned(), invoke_path(name), event.clone());
+            let barrier = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let mut connection = Connection::open(&host);
+                    barrier.wait();
+                    let started = Instant::now();
+                    let (status, body) = connection.request("POST", &path, event.as_bytes());
+                    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                    started.elapsed()
+                })
+                .unwrap()
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// From no environment to 64 running at once: 64 simultaneous invokes of a new function
+/// that each sleep 1 s; the slowest answer minus that second is when the 64th
+/// environment had started and taken its invocation.
+fn scale_out(host: &str, connection: &mut Connection, zip_base64: &str, memory: u32) {
+    let (status, _) = connection.request(
+        "POST",
+        "/2015-03-31/functions",
+        &create_function_body("scale", zip_base64, memory),
+    );
+    assert_eq!(status, 201);
+    let latencies = burst(host, "scale", 64, 1000);
+    let slowest = latencies.iter().max().unwrap();
+    println!(
+        "scale 0 -> 64 concurrent environments: {}",
+        ms(slowest.saturating_sub(Duration::from_secs(1)))
+    );
+}
+
+fn meminfo_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| {
+            l[field.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// Memory charged to every environment of the server (its parent memory cgroup, found
+/// from one of its environments' init processes), in kB.
+fn environments_charged_kb(server_pid: u32) -> u64 {
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    // server -> spawner -> environment inits
+    let init = children(server_pid).into_iter().flat_map(children).next();
+    let Some(init) = init else {
+        return 0;
+    };
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap_or_default();
+    let Some(path) = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+    else {
+        return 0;
+    };
+    let parent = std::path::Path::new(&path).parent().unwrap().to_owned();
+    std::fs::read_to_string(
+        std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(parent.strip_prefix("/").unwrap())
+            .join("memory.usage_in_bytes"),
+    )
+    .ok()
+    .and_then(|v| v.trim().parse::<u64>().ok())
+    .map_or(0, |bytes| bytes / 1024)
+}
+
+fn count_functions() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "bootstrap")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Creates `count` environments of a 128 MB function (simultaneous invokes that sleep long
+/// enough that none is reused), lets them go idle, and reports the host memory they hold
+/// beyond the functions' own resident memory.
+fn idle_environments(
+    host: &str,
+    server_pid: u32,
+    connection: &mut Connection,
+    zip_base64: &str,
+    count: usize,
+) {
+    let name = format!("idle-{count}");
+    let (status, _) = connection.request(
+        "POST",
+        "/2015-03-31/functions",
+        &create_function_body(&name, zip_base64, 128),
+    );
+    assert_eq!(status, 201);
+    let environments_before = count_functions();
+    let used_before = meminfo_kb("MemTotal:") - meminfo_kb("MemAvailable:");
+    let charged_before = environments_charged_kb(server_pid);
+    let started = Instant::now();
+    // Each sleeps until every environment has been asked for: ~10 ms per cold start.
+    let sleep_ms = 3000 + 12 * count as u64;
+    burst(host, &name, count, sleep_ms);
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let environments = count_functions() - environments_before;
+    let used = meminfo_kb("MemTotal:") - meminfo_kb("MemAvailable:") - used_before;
+    let charged = environments_charged_kb(server_pid).saturating_sub(charged_before);
+    println!(
+        "{count} simultaneous invokes of a new 128 MB function: {environments} idle warm \
+         environments held after {:.1} s; host memory {:.2} MB per environment, of which \
+         charged to the environment's own cgroup {:.2} MB, overhead {:.2} MB",
+        elapsed.as_secs_f64(),
+        used as f64 / 1024.0 / environments.max(1) as f64,
+        charged as f64 / 1024.0 / environments.max(1) as f64,
+        used.saturating_sub(charged) as f64 / 1024.0 / environments.max(1) as f64,
+    );
+}
+
 fn main() {
     let seconds: f64 = std::env::var("LAMINA_BENCH_SECONDS")
         .ok()
@@ -197,6 +347,8 @@ fn main() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_lamina"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        // Nothing is reaped during the run, so environments can be counted.
+        .args(["--keep-alive", "fixed", "--idle-timeout", "3600"])
         .args(
             std::env::var("LAMINA_BENCH_SANDBOX")
                 .map(|tier| vec!["--sandbox".to_owned(), tier])
@@ -282,7 +434,7 @@ fn main() {
         ms(*warm.last().unwrap())
     );
 
-    for clients in [1usize, 4, 16] {
+    for clients in [1usize, 4, 8, 16, 32, 128] {
         // Warm enough environments first: overlapping invokes each start one.
         throughput(&host, name, clients, 1.0);
         let cpu_before = (process_cpu(server.id()), functions_cpu(), own_cpu());
@@ -299,6 +451,16 @@ fn main() {
             per_invoke(cpu_before.1, cpu_after.1),
             per_invoke(cpu_before.2, cpu_after.2),
         );
+    }
+
+    scale_out(&host, &mut connection, &zip_base64, memory);
+    let idle: usize = std::env::var("LAMINA_BENCH_IDLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    idle_environments(&host, server.id(), &mut connection, &zip_base64, 200);
+    if idle > 0 {
+        idle_environments(&host, server.id(), &mut connection, &zip_base64, idle);
     }
 
     let _ = Command::new("kill")

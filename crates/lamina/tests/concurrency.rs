@@ -311,12 +311,18 @@ async fn a_frequently_invoked_function_learns_a_short_keep_alive() {
     assert!(invoke_was_cold(&client, "busy").await);
     for _ in 0..12 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(!invoke_was_cold(&client, "busy").await, "kept warm meanwhile");
+        assert!(
+            !invoke_was_cold(&client, "busy").await,
+            "kept warm meanwhile"
+        );
     }
     // Idle times all under a second: the learned keep-alive is the 5 s floor, so after
     // 7 s the environment is gone (with the fixed policy it would stay five minutes).
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
-    assert!(invoke_was_cold(&client, "busy").await, "reaped after its learned keep-alive");
+    assert!(
+        invoke_was_cold(&client, "busy").await,
+        "reaped after its learned keep-alive"
+    );
 }
 
 #[tokio::test]
