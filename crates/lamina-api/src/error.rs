@@ -25,6 +25,8 @@ pub enum ApiError {
     RevisionMismatch,
     #[error("an update to {arn} is in progress")]
     UpdateInProgress { arn: String },
+    #[error("the version is referenced by aliases {aliases:?}")]
+    VersionReferencedByAliases { aliases: Vec<String> },
     #[error("request body of {size:?} bytes exceeds the {limit}-byte limit of {operation}")]
     BodyTooLarge {
         operation: &'static str,
@@ -129,6 +131,14 @@ impl ApiError {
                      for resource: {arn}"
                 ),
             ),
+            ApiError::VersionReferencedByAliases { aliases } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!(
+                    "Unable to delete version because the following aliases reference it: [{}]",
+                    aliases.join(", ")
+                ),
+            ),
             ApiError::BodyTooLarge {
                 operation, limit, ..
             } => user(
@@ -178,6 +188,10 @@ impl ApiError {
                     )
                 },
                 StoreError::RevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
+                StoreError::VersionInUse { aliases, .. } => ApiError::VersionReferencedByAliases {
+                    aliases: aliases.clone(),
+                }
+                .aws_error(),
                 StoreError::Database { .. } | StoreError::Corrupt { .. } => {
                     service_error(store.to_string())
                 }

@@ -83,6 +83,10 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
         )
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(publish_version).get(list_versions_by_function),
+        )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
         .route(
@@ -313,6 +317,37 @@ async fn delete_function(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn publish_version(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "PublishVersion", DEFAULT_REQUEST_LIMIT).await?;
+    let configuration = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.publish_version(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &configuration))
+}
+
+async fn list_versions_by_function(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let marker = query_value(&pairs, "Marker");
+    let max_items = query_value(&pairs, "MaxItems");
+    let page = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::Namespaced)?;
+        cp.list_versions_by_function(&function, marker.as_deref(), max_items.as_deref())
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &page))
 }
 
 async fn get_account_settings(State(cp): State<Shared>) -> Result<Response, ApiError> {

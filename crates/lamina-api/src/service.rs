@@ -9,14 +9,18 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use lamina_model::function::{
-    CodeRef, CreateFunctionRequest, UpdateFunctionCodeRequest, UpdateFunctionConfigurationRequest,
+    CodeRef, CreateFunctionRequest, PublishVersionRequest, UpdateFunctionCodeRequest,
+    UpdateFunctionConfigurationRequest, code_sha256_mismatch,
 };
 use lamina_model::validation::patterns;
 use lamina_model::{
-    Account, FunctionConfiguration, FunctionRef, FunctionVersion, LATEST, NameShape, RequestError,
-    Violations,
+    Account, FunctionConfiguration, FunctionRef, FunctionVersion, LATEST, NameShape, Qualifier,
+    RequestError, Violations,
 };
-use lamina_store::{CodeLimits, CodeStore, ListPosition, MetadataStore, StoreError, version_order};
+use lamina_store::{
+    CodeLimits, CodeStore, ListPosition, MetadataStore, PublishSpec, Published, StoreError,
+    VersionDeletion, version_order,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -46,7 +50,10 @@ pub struct ControlPlane {
 
 /// Whoever must forget a function's old state when it changes.
 pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
+    /// The function was deleted: everything about it is stale.
     fn function_changed(&self, function_name: &str);
+    /// One version changed: `$LATEST` was updated, or a published version deleted.
+    fn version_changed(&self, function_name: &str, version: &str);
     /// Code trees still mounted by running environments: collection must keep them even
     /// when no stored version references them any more.
     fn code_in_use(&self) -> std::collections::HashSet<String>;
@@ -55,6 +62,10 @@ pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
 impl FunctionChangeListener for lamina_engine::Engine {
     fn function_changed(&self, function_name: &str) {
         lamina_engine::Engine::function_changed(self, function_name);
+    }
+
+    fn version_changed(&self, function_name: &str, version: &str) {
+        lamina_engine::Engine::version_changed(self, function_name, version);
     }
 
     fn code_in_use(&self) -> std::collections::HashSet<String> {
@@ -76,6 +87,14 @@ pub struct ListFunctionsResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<String>,
     pub functions: Vec<FunctionConfiguration>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListVersionsResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub versions: Vec<FunctionConfiguration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,9 +163,15 @@ impl ControlPlane {
         self
     }
 
-    fn changed(&self, function_name: &str) {
+    fn function_deleted(&self, function_name: &str) {
         if let Some(listener) = &self.change_listener {
             listener.function_changed(function_name);
+        }
+    }
+
+    fn version_changed(&self, function_name: &str, version: &str) {
+        if let Some(listener) = &self.change_listener {
+            listener.version_changed(function_name, version);
         }
     }
 
@@ -200,24 +225,24 @@ impl ControlPlane {
         }
     }
 
-    /// The version a reference names. Published versions and aliases arrive with the
-    /// versions issue; until then only `$LATEST` exists.
-    fn find_version(&self, function: &FunctionRef) -> Result<FunctionVersion, ApiError> {
-        let version = function.qualifier.as_deref().unwrap_or(LATEST);
+    /// The version a reference names: `$LATEST`, a published version, or the version an
+    /// alias points at.
+    pub fn find_version(&self, function: &FunctionRef) -> Result<FunctionVersion, ApiError> {
+        let version = match function.qualifier_kind() {
+            Qualifier::Latest => LATEST,
+            Qualifier::Version(number) => number,
+            Qualifier::Alias(_) => return Err(self.not_found(function)),
+        };
         self.store
             .get_version(&function.name, version)?
             .ok_or_else(|| self.not_found(function))
     }
 
-    /// `$LATEST` of a function an update names; qualified names cannot be updated.
+    /// `$LATEST` of a function an update names: published versions are immutable, and
+    /// AWS refuses a qualifier other than `$LATEST` on the operations that change one.
     fn find_latest_for_update(&self, function: &FunctionRef) -> Result<FunctionVersion, ApiError> {
-        if function.qualifier.as_deref().is_some_and(|q| q != LATEST) {
-            return Err(RequestError::InvalidParameter(format!(
-                "Only the unpublished version can be changed; {} names a published version or \
-                 alias.",
-                function.display_arn(&self.account)
-            ))
-            .into());
+        if function.qualifier_kind() != Qualifier::Latest {
+            return Err(latest_only());
         }
         let unqualified = FunctionRef {
             qualifier: None,
@@ -268,12 +293,6 @@ impl ControlPlane {
         request: CreateFunctionRequest,
     ) -> Result<FunctionConfiguration, ApiError> {
         let (function, settings) = request.validate()?;
-        if request.publish == Some(true) {
-            return Err(RequestError::NotImplemented {
-                feature: "Publish (published versions arrive with the versions issue)".to_owned(),
-            }
-            .into());
-        }
         if let Some(tags) = &request.tags {
             check_tag_count(tags.len())?;
         }
@@ -306,17 +325,25 @@ impl ControlPlane {
             revision_id: new_revision_id(),
             last_modified: now(),
         };
-        self.store
-            .create_function(&latest, &request.tags.clone().unwrap_or_default())?;
+        let publish = (request.publish == Some(true)).then(|| publish_spec(None));
+        let published = self.store.create_function(
+            &latest,
+            &request.tags.clone().unwrap_or_default(),
+            publish.as_ref(),
+        )?;
         tracing::info!(function = %latest.function_name, "function created");
-        Ok(latest.configuration(&self.account))
+        // Published on creation, AWS answers with version 1 under the unqualified ARN.
+        Ok(match published {
+            Some(published) => published.version.configuration_as(&self.account, None),
+            None => latest.configuration(&self.account),
+        })
     }
 
     pub fn get_function(&self, function: &FunctionRef) -> Result<FunctionDetails, ApiError> {
         let version = self.find_version(function)?;
         let tags = self.store.tags(&function.name)?.unwrap_or_default();
         Ok(FunctionDetails {
-            configuration: version.configuration(&self.account),
+            configuration: version.configuration_as(&self.account, function.qualifier.as_deref()),
             code_sha256_hex: version.code.sha256_hex,
             tags,
         })
@@ -326,7 +353,9 @@ impl ControlPlane {
         &self,
         function: &FunctionRef,
     ) -> Result<FunctionConfiguration, ApiError> {
-        Ok(self.find_version(function)?.configuration(&self.account))
+        Ok(self
+            .find_version(function)?
+            .configuration_as(&self.account, function.qualifier.as_deref()))
     }
 
     pub fn list_functions(
@@ -334,20 +363,7 @@ impl ControlPlane {
         query: &ListFunctionsQuery,
     ) -> Result<ListFunctionsResponse, ApiError> {
         let mut violations = Violations::new();
-        let max_items = match &query.max_items {
-            Some(raw) => match raw.parse::<i64>() {
-                Ok(n) => {
-                    violations.range("maxItems", n, 1, 10000);
-                    n.clamp(1, LIST_PAGE_LIMIT as i64) as usize
-                }
-                Err(_) => {
-                    return Err(ApiError::MalformedBody {
-                        detail: format!("MaxItems '{raw}' is not an integer"),
-                    });
-                }
-            },
-            None => LIST_PAGE_LIMIT,
-        };
+        let max_items = parse_max_items(query.max_items.as_deref(), &mut violations)?;
         if let Some(version) = &query.function_version {
             violations.one_of("functionVersion", version, &["ALL"]);
         }
@@ -397,12 +413,6 @@ impl ControlPlane {
         request: UpdateFunctionCodeRequest,
     ) -> Result<FunctionConfiguration, ApiError> {
         let architecture = request.validate()?;
-        if request.publish == Some(true) {
-            return Err(RequestError::NotImplemented {
-                feature: "Publish (published versions arrive with the versions issue)".to_owned(),
-            }
-            .into());
-        }
         let current = self.find_latest_for_update(function)?;
         check_revision(&current, request.revision_id.as_deref())?;
         let zip = Self::zip_from_source(request.zip_file.as_deref(), request.s3_bucket.as_deref())?;
@@ -426,11 +436,20 @@ impl ControlPlane {
             }
             .configuration(&self.account));
         }
-        self.replace_latest(&updated, &current, request.revision_id.is_some())?;
+        let publish = (request.publish == Some(true)).then(|| publish_spec(None));
+        let published = self.replace_latest(
+            &updated,
+            &current,
+            request.revision_id.is_some(),
+            publish.as_ref(),
+        )?;
         drop(_gc_guard);
-        self.changed(&updated.function_name);
+        self.version_changed(&updated.function_name, LATEST);
         self.collect_unused_code();
-        Ok(updated.configuration(&self.account))
+        Ok(match published {
+            Some(published) => published.version.configuration(&self.account),
+            None => updated.configuration(&self.account),
+        })
     }
 
     pub fn update_function_configuration(
@@ -450,53 +469,166 @@ impl ControlPlane {
             last_modified: now(),
             ..current.clone()
         };
-        self.replace_latest(&updated, &current, request.revision_id.is_some())?;
-        self.changed(&updated.function_name);
+        self.replace_latest(&updated, &current, request.revision_id.is_some(), None)?;
+        self.version_changed(&updated.function_name, LATEST);
         Ok(updated.configuration(&self.account))
     }
 
-    /// Stores an update of `$LATEST`; a concurrent update that won the race answers as
-    /// AWS does: 412 when the caller pinned a revision, else 409.
+    /// Stores an update of `$LATEST` (publishing it too with `publish`); a concurrent
+    /// update that won the race answers as AWS does: 412 when the caller pinned a
+    /// revision, else 409.
     fn replace_latest(
         &self,
         updated: &FunctionVersion,
         current: &FunctionVersion,
         caller_pinned_revision: bool,
-    ) -> Result<(), ApiError> {
-        match self.store.replace_latest(updated, &current.revision_id) {
-            Ok(()) => Ok(()),
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, ApiError> {
+        let result = self
+            .store
+            .replace_latest(updated, &current.revision_id, publish);
+        self.lost_race(&updated.function_name, caller_pinned_revision, result)
+    }
+
+    /// Maps a compare-and-swap on `$LATEST` that lost to a concurrent change.
+    fn lost_race<T>(
+        &self,
+        function_name: &str,
+        caller_pinned_revision: bool,
+        result: Result<T, StoreError>,
+    ) -> Result<T, ApiError> {
+        match result {
+            Ok(value) => Ok(value),
             Err(StoreError::RevisionMismatch { .. }) if caller_pinned_revision => {
                 Err(ApiError::RevisionMismatch)
             }
             Err(StoreError::RevisionMismatch { .. }) => Err(ApiError::UpdateInProgress {
-                arn: self.account.function_arn(&updated.function_name),
+                arn: self.account.function_arn(function_name),
             }),
             Err(StoreError::NotFound { .. }) => Err(ApiError::FunctionNotFound {
-                arn: self.account.function_arn(&updated.function_name),
+                arn: self.account.function_arn(function_name),
             }),
             Err(other) => Err(other.into()),
         }
     }
 
+    /// PublishVersion: snapshots `$LATEST`'s code and configuration as the next numbered
+    /// version, or returns the last version if `$LATEST` has not changed since.
+    pub fn publish_version(
+        &self,
+        function: &FunctionRef,
+        request: PublishVersionRequest,
+    ) -> Result<FunctionConfiguration, ApiError> {
+        request.validate()?;
+        let current = self.find_latest_for_update(function)?;
+        check_revision(&current, request.revision_id.as_deref())?;
+        if let Some(given) = &request.code_sha256 {
+            let actual = current.code.code_sha256();
+            if *given != actual {
+                return Err(code_sha256_mismatch(given, &actual).into());
+            }
+        }
+        let spec = publish_spec(request.description.clone());
+        let result =
+            self.store
+                .publish_version(&current.function_name, &current.revision_id, &spec);
+        let published = self.lost_race(
+            &current.function_name,
+            request.revision_id.is_some(),
+            result,
+        )?;
+        if published.created {
+            tracing::info!(
+                function = %current.function_name,
+                version = %published.version.version,
+                "version published"
+            );
+        }
+        Ok(published.version.configuration(&self.account))
+    }
+
+    /// ListVersionsByFunction: `$LATEST` (named `:$LATEST`) then the published versions.
+    pub fn list_versions_by_function(
+        &self,
+        function: &FunctionRef,
+        marker: Option<&str>,
+        max_items: Option<&str>,
+    ) -> Result<ListVersionsResponse, ApiError> {
+        let mut violations = Violations::new();
+        let max_items = parse_max_items(max_items, &mut violations)?;
+        violations.into_result().map_err(RequestError::from)?;
+        let after = match marker {
+            Some(marker) => decode_marker(marker)?.version_order,
+            None => -1,
+        };
+        let mut versions = self
+            .store
+            .list_function_versions(&function.name, after, max_items + 1)?
+            .ok_or_else(|| ApiError::FunctionNotFound {
+                arn: self.account.function_arn(&function.name),
+            })?;
+        let next_marker = if versions.len() > max_items {
+            versions.truncate(max_items);
+            versions.last().map(|last| {
+                encode_marker(&Marker {
+                    name: last.function_name.clone(),
+                    order: version_order(&last.version),
+                })
+            })
+        } else {
+            None
+        };
+        Ok(ListVersionsResponse {
+            next_marker,
+            versions: versions
+                .iter()
+                .map(|v| v.configuration_as(&self.account, Some(&v.version)))
+                .collect(),
+        })
+    }
+
+    /// DeleteFunction: the whole function, or with a qualifier one published version.
     pub fn delete_function(&self, function: &FunctionRef) -> Result<(), ApiError> {
-        match function.qualifier.as_deref() {
-            Some(LATEST) => {
+        match function.qualifier_kind() {
+            Qualifier::Latest if function.qualifier.is_some() => {
                 return Err(RequestError::InvalidParameter(
                     "$LATEST version cannot be deleted without deleting the function.".to_owned(),
                 )
                 .into());
             }
-            // Only $LATEST exists until versions arrive, so any other qualifier is missing.
-            Some(_) => return Err(self.not_found(function)),
-            None => {}
+            Qualifier::Latest => {}
+            Qualifier::Version(version) | Qualifier::Alias(version) => {
+                return self.delete_version(function, version);
+            }
         }
         if !self.store.delete_function(&function.name)? {
             return Err(self.not_found(function));
         }
         tracing::info!(function = %function.name, "function deleted");
-        self.changed(&function.name);
+        self.function_deleted(&function.name);
         self.collect_unused_code();
         Ok(())
+    }
+
+    /// Deleting a version that does not exist succeeds, as on AWS; a missing function
+    /// does not.
+    fn delete_version(&self, function: &FunctionRef, version: &str) -> Result<(), ApiError> {
+        match self.store.delete_version(&function.name, version) {
+            Ok(VersionDeletion::Deleted) => {
+                tracing::info!(function = %function.name, %version, "version deleted");
+                self.version_changed(&function.name, version);
+                self.collect_unused_code();
+                Ok(())
+            }
+            Ok(VersionDeletion::NoSuchVersion) => Ok(()),
+            Ok(VersionDeletion::NoSuchFunction) => Err(ApiError::FunctionNotFound {
+                arn: self.account.function_arn(&function.name),
+            }),
+            Err(StoreError::VersionInUse { aliases, .. }) => {
+                Err(ApiError::VersionReferencedByAliases { aliases })
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Removes zips and extracted trees no version uses any more. Failures are logged and
@@ -600,6 +732,42 @@ impl ControlPlane {
                 arn: self.account.function_arn(&name),
             })
     }
+}
+
+/// `MaxItems` of the list operations: 1 to 10,000 per the model; a page holds at most 50.
+fn parse_max_items(raw: Option<&str>, violations: &mut Violations) -> Result<usize, ApiError> {
+    match raw {
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) => {
+                violations.range("maxItems", n, 1, 10000);
+                Ok(n.clamp(1, LIST_PAGE_LIMIT as i64) as usize)
+            }
+            Err(_) => Err(ApiError::MalformedBody {
+                detail: format!("MaxItems '{raw}' is not an integer"),
+            }),
+        },
+        None => Ok(LIST_PAGE_LIMIT),
+    }
+}
+
+/// The fresh identifiers and timestamp a publish needs.
+fn publish_spec(description: Option<String>) -> PublishSpec {
+    PublishSpec {
+        description,
+        version_revision_id: new_revision_id(),
+        latest_revision_id: new_revision_id(),
+        last_modified: now(),
+    }
+}
+
+/// AWS's answer to changing anything but `$LATEST`.
+fn latest_only() -> ApiError {
+    RequestError::InvalidParameter(
+        "Current operation does not support versions other than $LATEST. Please set the \
+         version to $LATEST or do not set a version in your request."
+            .to_owned(),
+    )
+    .into()
 }
 
 fn check_revision(current: &FunctionVersion, expected: Option<&str>) -> Result<(), ApiError> {

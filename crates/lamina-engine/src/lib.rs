@@ -240,15 +240,27 @@ impl Engine {
         }
     }
 
-    /// Forgets everything cached about `function_name` and destroys its idle
-    /// environments; busy ones are destroyed when their invocation ends.
+    /// Forgets everything cached about `function_name` (it was deleted, or changed in a
+    /// way that touches every version) and destroys its idle environments; busy ones are
+    /// destroyed when their invocation ends.
     pub fn function_changed(&self, function_name: &str) {
+        self.retire(|name, _| name == function_name);
+    }
+
+    /// Forgets one version of a function: `$LATEST` after an update, or a published
+    /// version that was deleted. Published versions are immutable, so an update of
+    /// `$LATEST` leaves their warm environments alone.
+    pub fn version_changed(&self, function_name: &str, version: &str) {
+        self.retire(|name, v| name == function_name && v == version);
+    }
+
+    fn retire(&self, matches: impl Fn(&str, &str) -> bool) {
         let retired: Vec<Arc<VersionSlot>> = {
             let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
             self.generation.fetch_add(1, Ordering::SeqCst);
             let keys: Vec<_> = slots
                 .keys()
-                .filter(|(name, _)| name == function_name)
+                .filter(|(name, version)| matches(name, version))
                 .cloned()
                 .collect();
             keys.into_iter().filter_map(|k| slots.remove(&k)).collect()

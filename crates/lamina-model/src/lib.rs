@@ -6,7 +6,7 @@ pub mod function;
 pub mod runtime;
 pub mod validation;
 
-pub use arn::{Account, FunctionRef, NameShape};
+pub use arn::{Account, FunctionRef, NameShape, Qualifier};
 pub use function::{FunctionConfiguration, FunctionVersion, LATEST, RequestError};
 pub use validation::{ValidationError, Violations};
 

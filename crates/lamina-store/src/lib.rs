@@ -29,6 +29,13 @@ pub enum StoreError {
         name: String,
         expected_revision_id: String,
     },
+    /// A version cannot be deleted while aliases route to it.
+    #[error("version {version} of {name} is referenced by aliases {aliases:?}")]
+    VersionInUse {
+        name: String,
+        version: String,
+        aliases: Vec<String>,
+    },
     #[error("metadata database failed during {operation}: {source}")]
     Database {
         operation: &'static str,
@@ -57,14 +64,48 @@ pub struct AccountUsage {
     pub total_code_size: u64,
 }
 
+/// How to publish `$LATEST` as a new numbered version; the identifiers are chosen by the
+/// caller, the number by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// Replaces `$LATEST`'s description in the published version, if given.
+    pub description: Option<String>,
+    /// The new version's own revision id.
+    pub version_revision_id: String,
+    /// `$LATEST`'s revision id after publishing: AWS moves it, so a caller holding the
+    /// old revision sees that something happened.
+    pub latest_revision_id: String,
+    pub last_modified: String,
+}
+
+/// What publishing produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub version: FunctionVersion,
+    /// False when `$LATEST` had not changed since the last publish: AWS then answers with
+    /// that version instead of creating another.
+    pub created: bool,
+}
+
+/// What deleting one published version found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionDeletion {
+    Deleted,
+    /// The function exists but not this version; deleting it is a no-op on AWS.
+    NoSuchVersion,
+    NoSuchFunction,
+}
+
 /// The metadata every Lamina server keeps, whatever the backend.
 pub trait MetadataStore: Send + Sync + fmt::Debug {
-    /// Stores a new function: its `$LATEST` version and its tags.
+    /// Stores a new function: its `$LATEST` version and its tags, and, with `publish`,
+    /// version 1 of it in the same transaction.
     fn create_function(
         &self,
         latest: &FunctionVersion,
         tags: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError>;
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError>;
 
     fn get_version(
         &self,
@@ -73,12 +114,41 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
     ) -> Result<Option<FunctionVersion>, StoreError>;
 
     /// Replaces `$LATEST` only if its revision is still `expected_revision_id`, so two
-    /// concurrent updates cannot silently overwrite each other.
+    /// concurrent updates cannot silently overwrite each other; with `publish`, publishes
+    /// the new `$LATEST` in the same transaction.
     fn replace_latest(
         &self,
         latest: &FunctionVersion,
         expected_revision_id: &str,
-    ) -> Result<(), StoreError>;
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError>;
+
+    /// Publishes `$LATEST` if its revision is still `expected_latest_revision_id`: the next
+    /// version number is allocated durably (numbers are never reused, even after a version
+    /// is deleted). An unchanged `$LATEST` returns the version last published from it.
+    fn publish_version(
+        &self,
+        function_name: &str,
+        expected_latest_revision_id: &str,
+        spec: &PublishSpec,
+    ) -> Result<Published, StoreError>;
+
+    /// One function's versions, `$LATEST` first then by number, after `after_order`
+    /// (`-1` for the start); `None` if the function does not exist.
+    fn list_function_versions(
+        &self,
+        function_name: &str,
+        after_order: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<FunctionVersion>>, StoreError>;
+
+    /// Deletes one published version (and what hangs off it); refused with
+    /// [`StoreError::VersionInUse`] while an alias routes to it.
+    fn delete_version(
+        &self,
+        function_name: &str,
+        version: &str,
+    ) -> Result<VersionDeletion, StoreError>;
 
     /// Versions in (function name, version order) order, starting after `after`.
     /// With `all_versions` false only `$LATEST` of each function is listed.

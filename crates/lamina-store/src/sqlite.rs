@@ -12,10 +12,14 @@ use std::sync::Mutex;
 use lamina_model::{FunctionVersion, LATEST};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{AccountUsage, ListPosition, MetadataStore, StoreError, version_order};
+use crate::{
+    AccountUsage, ListPosition, MetadataStore, PublishSpec, Published, StoreError, VersionDeletion,
+    version_order,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE functions (
         name        TEXT PRIMARY KEY,
         tags        TEXT NOT NULL DEFAULT '{}'
@@ -31,7 +35,14 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (function_name, version_order)
     );
     CREATE UNIQUE INDEX function_versions_by_name ON function_versions(function_name, version);
-"];
+",
+    // Published versions: the last number handed out (numbers are never reused) and the
+    // `$LATEST` revision the last version was published from.
+    "
+    ALTER TABLE functions ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE functions ADD COLUMN published_from TEXT;
+",
+];
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -128,12 +139,96 @@ fn insert_version(tx: &Connection, version: &FunctionVersion) -> rusqlite::Resul
     )
 }
 
+fn get_version_in(
+    tx: &Connection,
+    function_name: &str,
+    version: &str,
+) -> Result<Option<FunctionVersion>, StoreError> {
+    let record: Option<String> = tx
+        .query_row(
+            "SELECT record FROM function_versions WHERE function_name = ?1 AND version = ?2",
+            params![function_name, version],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db("get version"))?;
+    record
+        .map(|r| decode(&format!("{function_name}:{version}"), &r))
+        .transpose()
+}
+
+fn write_latest(tx: &Connection, latest: &FunctionVersion) -> rusqlite::Result<usize> {
+    tx.execute(
+        "UPDATE function_versions
+            SET code_sha256 = ?3, code_size = ?4, revision_id = ?5, record = ?6
+          WHERE function_name = ?1 AND version = ?2",
+        params![
+            latest.function_name,
+            LATEST,
+            latest.code.sha256_hex,
+            latest.code.size as i64,
+            latest.revision_id,
+            encode(latest),
+        ],
+    )
+}
+
+/// Publishes `latest` (as stored in this transaction) under the next number, unless it
+/// is unchanged since the last publish.
+fn publish_in(
+    tx: &Connection,
+    latest: &FunctionVersion,
+    spec: &PublishSpec,
+) -> Result<Published, StoreError> {
+    let name = &latest.function_name;
+    let (last_version, published_from): (i64, Option<String>) = tx
+        .query_row(
+            "SELECT last_version, published_from FROM functions WHERE name = ?1",
+            params![name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(db("publish version"))?;
+    if last_version > 0
+        && published_from.as_deref() == Some(latest.revision_id.as_str())
+        && let Some(existing) = get_version_in(tx, name, &last_version.to_string())?
+    {
+        return Ok(Published {
+            version: existing,
+            created: false,
+        });
+    }
+    let number = last_version + 1;
+    let mut version = latest.clone();
+    version.version = number.to_string();
+    version.revision_id = spec.version_revision_id.clone();
+    version.last_modified = spec.last_modified.clone();
+    if let Some(description) = &spec.description {
+        version.settings.description = description.clone();
+    }
+    insert_version(tx, &version).map_err(db("publish version"))?;
+    let moved = FunctionVersion {
+        revision_id: spec.latest_revision_id.clone(),
+        ..latest.clone()
+    };
+    write_latest(tx, &moved).map_err(db("publish version"))?;
+    tx.execute(
+        "UPDATE functions SET last_version = ?2, published_from = ?3 WHERE name = ?1",
+        params![name, number, spec.latest_revision_id],
+    )
+    .map_err(db("publish version"))?;
+    Ok(Published {
+        version,
+        created: true,
+    })
+}
+
 impl MetadataStore for SqliteStore {
     fn create_function(
         &self,
         latest: &FunctionVersion,
         tags: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(db("create function"))?;
         let inserted = tx
@@ -151,7 +246,11 @@ impl MetadataStore for SqliteStore {
             });
         }
         insert_version(&tx, latest).map_err(db("create function"))?;
-        tx.commit().map_err(db("create function"))
+        let published = publish
+            .map(|spec| publish_in(&tx, latest, spec))
+            .transpose()?;
+        tx.commit().map_err(db("create function"))?;
+        Ok(published)
     }
 
     fn get_version(
@@ -159,25 +258,15 @@ impl MetadataStore for SqliteStore {
         function_name: &str,
         version: &str,
     ) -> Result<Option<FunctionVersion>, StoreError> {
-        let connection = self.lock();
-        let record: Option<String> = connection
-            .query_row(
-                "SELECT record FROM function_versions WHERE function_name = ?1 AND version = ?2",
-                params![function_name, version],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db("get version"))?;
-        record
-            .map(|r| decode(&format!("{function_name}:{version}"), &r))
-            .transpose()
+        get_version_in(&self.lock(), function_name, version)
     }
 
     fn replace_latest(
         &self,
         latest: &FunctionVersion,
         expected_revision_id: &str,
-    ) -> Result<(), StoreError> {
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(db("update function"))?;
         let current: Option<String> = tx
@@ -202,21 +291,109 @@ impl MetadataStore for SqliteStore {
             }
             Some(_) => {}
         }
-        tx.execute(
-            "UPDATE function_versions
-                SET code_sha256 = ?3, code_size = ?4, revision_id = ?5, record = ?6
-              WHERE function_name = ?1 AND version = ?2",
-            params![
-                latest.function_name,
-                LATEST,
-                latest.code.sha256_hex,
-                latest.code.size as i64,
-                latest.revision_id,
-                encode(latest),
-            ],
-        )
-        .map_err(db("update function"))?;
-        tx.commit().map_err(db("update function"))
+        write_latest(&tx, latest).map_err(db("update function"))?;
+        let published = publish
+            .map(|spec| publish_in(&tx, latest, spec))
+            .transpose()?;
+        tx.commit().map_err(db("update function"))?;
+        Ok(published)
+    }
+
+    fn publish_version(
+        &self,
+        function_name: &str,
+        expected_latest_revision_id: &str,
+        spec: &PublishSpec,
+    ) -> Result<Published, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("publish version"))?;
+        let latest =
+            get_version_in(&tx, function_name, LATEST)?.ok_or_else(|| StoreError::NotFound {
+                name: function_name.to_owned(),
+            })?;
+        if latest.revision_id != expected_latest_revision_id {
+            return Err(StoreError::RevisionMismatch {
+                name: function_name.to_owned(),
+                expected_revision_id: expected_latest_revision_id.to_owned(),
+            });
+        }
+        let published = publish_in(&tx, &latest, spec)?;
+        tx.commit().map_err(db("publish version"))?;
+        Ok(published)
+    }
+
+    fn list_function_versions(
+        &self,
+        function_name: &str,
+        after_order: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<FunctionVersion>>, StoreError> {
+        let connection = self.lock();
+        let exists = connection
+            .query_row(
+                "SELECT 1 FROM functions WHERE name = ?1",
+                params![function_name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("list versions"))?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT version, record FROM function_versions
+                  WHERE function_name = ?1 AND version_order > ?2
+                  ORDER BY version_order
+                  LIMIT ?3",
+            )
+            .map_err(db("list versions"))?;
+        let rows = statement
+            .query_map(params![function_name, after_order, limit as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(db("list versions"))?;
+        let mut versions = Vec::new();
+        for row in rows {
+            let (version, record) = row.map_err(db("list versions"))?;
+            versions.push(decode(&format!("{function_name}:{version}"), &record)?);
+        }
+        Ok(Some(versions))
+    }
+
+    fn delete_version(
+        &self,
+        function_name: &str,
+        version: &str,
+    ) -> Result<VersionDeletion, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("delete version"))?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM functions WHERE name = ?1",
+                params![function_name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("delete version"))?
+            .is_some();
+        if !exists {
+            return Ok(VersionDeletion::NoSuchFunction);
+        }
+        let deleted = tx
+            .execute(
+                "DELETE FROM function_versions WHERE function_name = ?1 AND version = ?2
+                    AND version <> '$LATEST'",
+                params![function_name, version],
+            )
+            .map_err(db("delete version"))?;
+        tx.commit().map_err(db("delete version"))?;
+        Ok(if deleted > 0 {
+            VersionDeletion::Deleted
+        } else {
+            VersionDeletion::NoSuchVersion
+        })
     }
 
     fn list_versions(
@@ -372,10 +549,10 @@ mod tests {
     fn create_get_and_conflict() {
         let store = SqliteStore::open_in_memory().unwrap();
         let f = version("f", "r1");
-        store.create_function(&f, &BTreeMap::new()).unwrap();
+        store.create_function(&f, &BTreeMap::new(), None).unwrap();
         assert_eq!(store.get_version("f", LATEST).unwrap(), Some(f.clone()));
         assert!(matches!(
-            store.create_function(&f, &BTreeMap::new()),
+            store.create_function(&f, &BTreeMap::new(), None),
             Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(store.get_version("g", LATEST).unwrap(), None);
@@ -385,11 +562,11 @@ mod tests {
     fn replace_latest_is_compare_and_swap() {
         let store = SqliteStore::open_in_memory().unwrap();
         store
-            .create_function(&version("f", "r1"), &BTreeMap::new())
+            .create_function(&version("f", "r1"), &BTreeMap::new(), None)
             .unwrap();
         let mut next = version("f", "r2");
         next.settings.memory_mb = 256;
-        store.replace_latest(&next, "r1").unwrap();
+        store.replace_latest(&next, "r1", None).unwrap();
         assert_eq!(
             store
                 .get_version("f", LATEST)
@@ -400,11 +577,11 @@ mod tests {
             256
         );
         assert!(matches!(
-            store.replace_latest(&version("f", "r3"), "r1"),
+            store.replace_latest(&version("f", "r3"), "r1", None),
             Err(StoreError::RevisionMismatch { .. })
         ));
         assert!(matches!(
-            store.replace_latest(&version("missing", "r3"), "r1"),
+            store.replace_latest(&version("missing", "r3"), "r1", None),
             Err(StoreError::NotFound { .. })
         ));
     }
@@ -414,7 +591,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         for name in ["c", "a", "b", "d"] {
             store
-                .create_function(&version(name, "r"), &BTreeMap::new())
+                .create_function(&version(name, "r"), &BTreeMap::new(), None)
                 .unwrap();
         }
         let first = store.list_versions(None, 3, false).unwrap();
@@ -433,7 +610,9 @@ mod tests {
     fn tags_and_delete() {
         let store = SqliteStore::open_in_memory().unwrap();
         let tags = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
-        store.create_function(&version("f", "r"), &tags).unwrap();
+        store
+            .create_function(&version("f", "r"), &tags, None)
+            .unwrap();
         assert_eq!(store.tags("f").unwrap(), Some(tags));
         let set = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
         assert!(store.update_tags("f", &set, &["team".to_owned()]).unwrap());
@@ -453,6 +632,102 @@ mod tests {
         assert!(!store.update_tags("f", &BTreeMap::new(), &[]).unwrap());
     }
 
+    fn spec(n: u32) -> PublishSpec {
+        PublishSpec {
+            description: None,
+            version_revision_id: format!("v{n}"),
+            latest_revision_id: format!("l{n}"),
+            last_modified: "2024-05-01T12:34:56.789+0000".into(),
+        }
+    }
+
+    #[test]
+    fn publishing_numbers_versions_and_skips_unchanged_latest() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let created = store
+            .create_function(&version("f", "r1"), &BTreeMap::new(), Some(&spec(1)))
+            .unwrap()
+            .unwrap();
+        assert!(created.created);
+        assert_eq!(created.version.version, "1");
+        assert_eq!(created.version.revision_id, "v1");
+        // Publishing moved $LATEST's revision.
+        let latest = store.get_version("f", LATEST).unwrap().unwrap();
+        assert_eq!(latest.revision_id, "l1");
+
+        // Unchanged: the same version comes back, nothing moves.
+        let again = store.publish_version("f", "l1", &spec(2)).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.version.version, "1");
+        assert_eq!(
+            store.get_version("f", LATEST).unwrap().unwrap().revision_id,
+            "l1"
+        );
+
+        // A stale revision is refused.
+        assert!(matches!(
+            store.publish_version("f", "r1", &spec(3)),
+            Err(StoreError::RevisionMismatch { .. })
+        ));
+
+        let mut changed = version("f", "r2");
+        changed.settings.memory_mb = 512;
+        let published = store
+            .replace_latest(&changed, "l1", Some(&spec(4)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(published.version.version, "2");
+        assert_eq!(published.version.settings.memory_mb, 512);
+
+        // Numbers are never reused, even after the newest version is deleted.
+        assert_eq!(
+            store.delete_version("f", "2").unwrap(),
+            VersionDeletion::Deleted
+        );
+        assert_eq!(
+            store.delete_version("f", "2").unwrap(),
+            VersionDeletion::NoSuchVersion
+        );
+        assert_eq!(
+            store.delete_version("g", "2").unwrap(),
+            VersionDeletion::NoSuchFunction
+        );
+        let mut changed = store.get_version("f", LATEST).unwrap().unwrap();
+        changed.settings.memory_mb = 1024;
+        changed.revision_id = "r3".into();
+        store.replace_latest(&changed, "l4", None).unwrap();
+        let third = store.publish_version("f", "r3", &spec(5)).unwrap();
+        assert_eq!(third.version.version, "3");
+
+        let listed: Vec<String> = store
+            .list_function_versions("f", -1, 10)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(listed, ["$LATEST", "1", "3"]);
+        let page: Vec<String> = store
+            .list_function_versions("f", 0, 1)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(page, ["1"]);
+        assert_eq!(store.list_function_versions("g", -1, 10).unwrap(), None);
+        assert_eq!(
+            store
+                .get_version("f", "1")
+                .unwrap()
+                .unwrap()
+                .settings
+                .memory_mb,
+            128,
+            "published versions never change"
+        );
+    }
+
     #[test]
     fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -460,7 +735,7 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             store
-                .create_function(&version("f", "r1"), &BTreeMap::new())
+                .create_function(&version("f", "r1"), &BTreeMap::new(), None)
                 .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
