@@ -25,6 +25,14 @@ pub enum ApiError {
     RevisionMismatch,
     #[error("an update to {arn} is in progress")]
     UpdateInProgress { arn: String },
+    #[error("alias {arn} already exists")]
+    AliasAlreadyExists { arn: String },
+    /// GetAlias's wording of a missing alias.
+    #[error("cannot find alias {arn}")]
+    CannotFindAlias { arn: String },
+    /// UpdateAlias's wording of a missing alias.
+    #[error("alias not found: {arn}")]
+    AliasNotFound { arn: String },
     #[error("the version is referenced by aliases {aliases:?}")]
     VersionReferencedByAliases { aliases: Vec<String> },
     #[error("request body of {size:?} bytes exceeds the {limit}-byte limit of {operation}")]
@@ -103,14 +111,7 @@ impl ApiError {
             ApiError::Request(not_implemented @ RequestError::NotImplemented { .. }) => {
                 not_implemented_error(not_implemented.to_string())
             }
-            ApiError::FunctionNotFound { arn } => AwsError {
-                message_key: "Message",
-                ..user(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    format!("Function not found: {arn}"),
-                )
-            },
+            ApiError::FunctionNotFound { arn } => not_found(format!("Function not found: {arn}")),
             ApiError::FunctionAlreadyExists { name } => user(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",
@@ -131,6 +132,13 @@ impl ApiError {
                      for resource: {arn}"
                 ),
             ),
+            ApiError::AliasAlreadyExists { arn } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!("Alias already exists: {arn}"),
+            ),
+            ApiError::CannotFindAlias { arn } => not_found(format!("Cannot find alias arn: {arn}")),
+            ApiError::AliasNotFound { arn } => not_found(format!("Alias not found: {arn}")),
             ApiError::VersionReferencedByAliases { aliases } => user(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",
@@ -192,6 +200,19 @@ impl ApiError {
                     aliases: aliases.clone(),
                 }
                 .aws_error(),
+                // The service words these with full ARNs; these arms are the fallback.
+                StoreError::AliasAlreadyExists { name, alias } => user(
+                    StatusCode::CONFLICT,
+                    "ResourceConflictException",
+                    format!("Alias already exists: {name}:{alias}"),
+                ),
+                StoreError::AliasNotFound { name, alias } => {
+                    not_found(format!("Alias not found: {name}:{alias}"))
+                }
+                StoreError::AliasRevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
+                StoreError::VersionNotFound { name, version } => {
+                    not_found(format!("Function not found: {name}:{version}"))
+                }
                 StoreError::Database { .. } | StoreError::Corrupt { .. } => {
                     service_error(store.to_string())
                 }
@@ -231,6 +252,14 @@ impl ApiError {
             ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
+    }
+}
+
+/// `ResourceNotFoundException`, whose shape spells its message key `Message`.
+fn not_found(message: String) -> AwsError {
+    AwsError {
+        message_key: "Message",
+        ..user(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
     }
 }
 

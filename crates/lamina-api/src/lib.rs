@@ -87,6 +87,14 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/versions",
             post(publish_version).get(list_versions_by_function),
         )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(create_alias).get(list_aliases),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(get_alias).put(update_alias).delete(delete_alias),
+        )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
         .route(
@@ -348,6 +356,79 @@ async fn list_versions_by_function(
     })
     .await?;
     Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn create_alias(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "CreateAlias", DEFAULT_REQUEST_LIMIT).await?;
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.create_alias(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &alias))
+}
+
+async fn list_aliases(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let query = service::ListAliasesQuery {
+        function_version: query_value(&pairs, "FunctionVersion"),
+        marker: query_value(&pairs, "Marker"),
+        max_items: query_value(&pairs, "MaxItems"),
+    };
+    let page = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.list_aliases(&function, &query)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn get_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.get_alias(&function, &alias)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &alias))
+}
+
+async fn update_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "UpdateAlias", DEFAULT_REQUEST_LIMIT).await?;
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.update_alias(&function, &alias, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &alias))
+}
+
+async fn delete_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.delete_alias(&function, &alias)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_account_settings(State(cp): State<Shared>) -> Result<Response, ApiError> {

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
+use lamina_model::alias::{
+    Alias, AliasConfiguration, AliasTarget, CreateAliasRequest, UpdateAliasRequest,
+    check_alias_name,
+};
 use lamina_model::function::{
     CodeRef, CreateFunctionRequest, PublishVersionRequest, UpdateFunctionCodeRequest,
     UpdateFunctionConfigurationRequest, code_sha256_mismatch,
@@ -54,6 +58,8 @@ pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
     fn function_changed(&self, function_name: &str);
     /// One version changed: `$LATEST` was updated, or a published version deleted.
     fn version_changed(&self, function_name: &str, version: &str);
+    /// An alias was created, changed or deleted: its routing is stale.
+    fn alias_changed(&self, function_name: &str, alias: &str);
     /// Code trees still mounted by running environments: collection must keep them even
     /// when no stored version references them any more.
     fn code_in_use(&self) -> std::collections::HashSet<String>;
@@ -66,6 +72,10 @@ impl FunctionChangeListener for lamina_engine::Engine {
 
     fn version_changed(&self, function_name: &str, version: &str) {
         lamina_engine::Engine::version_changed(self, function_name, version);
+    }
+
+    fn alias_changed(&self, function_name: &str, alias: &str) {
+        lamina_engine::Engine::alias_changed(self, function_name, alias);
     }
 
     fn code_in_use(&self) -> std::collections::HashSet<String> {
@@ -95,6 +105,22 @@ pub struct ListVersionsResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<String>,
     pub versions: Vec<FunctionConfiguration>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListAliasesResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub aliases: Vec<AliasConfiguration>,
+}
+
+/// ListAliases' parameters, already taken off the query string.
+#[derive(Debug, Clone, Default)]
+pub struct ListAliasesQuery {
+    pub function_version: Option<String>,
+    pub marker: Option<String>,
+    pub max_items: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +201,12 @@ impl ControlPlane {
         }
     }
 
+    fn alias_changed(&self, function_name: &str, alias: &str) {
+        if let Some(listener) = &self.change_listener {
+            listener.alias_changed(function_name, alias);
+        }
+    }
+
     pub fn account(&self) -> &Account {
         &self.account
     }
@@ -228,10 +260,17 @@ impl ControlPlane {
     /// The version a reference names: `$LATEST`, a published version, or the version an
     /// alias points at.
     pub fn find_version(&self, function: &FunctionRef) -> Result<FunctionVersion, ApiError> {
+        let alias;
         let version = match function.qualifier_kind() {
             Qualifier::Latest => LATEST,
             Qualifier::Version(number) => number,
-            Qualifier::Alias(_) => return Err(self.not_found(function)),
+            Qualifier::Alias(name) => {
+                alias = self
+                    .store
+                    .get_alias(&function.name, name)?
+                    .ok_or_else(|| self.not_found(function))?;
+                alias.function_version.as_str()
+            }
         };
         self.store
             .get_version(&function.name, version)?
@@ -629,6 +668,187 @@ impl ControlPlane {
             }
             Err(other) => Err(other.into()),
         }
+    }
+
+    /// The alias ARN `function:alias`, for AWS's alias messages.
+    fn alias_arn(&self, function: &FunctionRef, alias: &str) -> String {
+        self.account
+            .qualified_function_arn(&function.name, Some(alias))
+    }
+
+    /// Maps the store's refusals of an alias write to AWS's errors.
+    fn alias_write_error(
+        &self,
+        function: &FunctionRef,
+        alias: &str,
+        target: &AliasTarget,
+        error: StoreError,
+    ) -> ApiError {
+        match error {
+            StoreError::NotFound { .. } => ApiError::FunctionNotFound {
+                arn: self
+                    .account
+                    .qualified_function_arn(&function.name, Some(&target.function_version)),
+            },
+            StoreError::VersionNotFound { version, .. } => ApiError::FunctionNotFound {
+                arn: self
+                    .account
+                    .qualified_function_arn(&function.name, Some(&version)),
+            },
+            StoreError::AliasAlreadyExists { .. } => ApiError::AliasAlreadyExists {
+                arn: self.alias_arn(function, alias),
+            },
+            StoreError::AliasNotFound { .. } => ApiError::AliasNotFound {
+                arn: self.alias_arn(function, alias),
+            },
+            StoreError::AliasRevisionMismatch { .. } => ApiError::RevisionMismatch,
+            other => other.into(),
+        }
+    }
+
+    /// The function an alias operation names: aliases belong to the function itself, so a
+    /// qualified name is refused as AWS refuses it.
+    fn unqualified(&self, function: &FunctionRef) -> Result<(), ApiError> {
+        if function.qualifier.is_some() {
+            return Err(latest_only());
+        }
+        Ok(())
+    }
+
+    pub fn create_alias(
+        &self,
+        function: &FunctionRef,
+        request: CreateAliasRequest,
+    ) -> Result<AliasConfiguration, ApiError> {
+        let (name, target) = request.validate()?;
+        self.unqualified(function)?;
+        let alias = Alias {
+            function_name: function.name.clone(),
+            name: name.clone(),
+            function_version: target.function_version.clone(),
+            description: target.description.clone(),
+            additional: target.additional.clone(),
+            revision_id: new_revision_id(),
+        };
+        self.store
+            .create_alias(&alias)
+            .map_err(|e| self.alias_write_error(function, &name, &target, e))?;
+        self.alias_changed(&function.name, &name);
+        tracing::info!(function = %function.name, alias = %name, "alias created");
+        Ok(alias.configuration(&self.account))
+    }
+
+    /// Validates the alias name of the alias operations that take it from the path.
+    fn check_alias_name(name: &str) -> Result<(), ApiError> {
+        let mut violations = Violations::new();
+        check_alias_name(name, &mut violations);
+        Ok(violations.into_result().map_err(RequestError::from)?)
+    }
+
+    pub fn get_alias(
+        &self,
+        function: &FunctionRef,
+        name: &str,
+    ) -> Result<AliasConfiguration, ApiError> {
+        Self::check_alias_name(name)?;
+        self.unqualified(function)?;
+        let alias = self.store.get_alias(&function.name, name)?.ok_or_else(|| {
+            ApiError::CannotFindAlias {
+                arn: self.alias_arn(function, name),
+            }
+        })?;
+        Ok(alias.configuration(&self.account))
+    }
+
+    pub fn update_alias(
+        &self,
+        function: &FunctionRef,
+        name: &str,
+        request: UpdateAliasRequest,
+    ) -> Result<AliasConfiguration, ApiError> {
+        Self::check_alias_name(name)?;
+        self.unqualified(function)?;
+        let current =
+            self.store
+                .get_alias(&function.name, name)?
+                .ok_or_else(|| ApiError::AliasNotFound {
+                    arn: self.alias_arn(function, name),
+                })?;
+        let target = request.apply_to(&current)?;
+        if request
+            .revision_id
+            .as_deref()
+            .is_some_and(|expected| expected != current.revision_id)
+        {
+            return Err(ApiError::RevisionMismatch);
+        }
+        let updated = Alias {
+            function_version: target.function_version.clone(),
+            description: target.description.clone(),
+            additional: target.additional.clone(),
+            revision_id: new_revision_id(),
+            ..current.clone()
+        };
+        self.store
+            .update_alias(&updated, &current.revision_id)
+            .map_err(|e| self.alias_write_error(function, name, &target, e))?;
+        self.alias_changed(&function.name, name);
+        tracing::info!(function = %function.name, alias = %name, "alias updated");
+        Ok(updated.configuration(&self.account))
+    }
+
+    /// DeleteAlias: deleting an alias that does not exist succeeds, as on AWS.
+    pub fn delete_alias(&self, function: &FunctionRef, name: &str) -> Result<(), ApiError> {
+        Self::check_alias_name(name)?;
+        self.unqualified(function)?;
+        if self.store.delete_alias(&function.name, name)? {
+            self.alias_changed(&function.name, name);
+            tracing::info!(function = %function.name, alias = %name, "alias deleted");
+        }
+        Ok(())
+    }
+
+    pub fn list_aliases(
+        &self,
+        function: &FunctionRef,
+        query: &ListAliasesQuery,
+    ) -> Result<ListAliasesResponse, ApiError> {
+        let mut violations = Violations::new();
+        let max_items = parse_max_items(query.max_items.as_deref(), &mut violations)?;
+        if let Some(version) = &query.function_version {
+            violations.length("functionVersion", version, 1, 1024);
+            violations.pattern(
+                "functionVersion",
+                version,
+                lamina_model::alias::VERSION_WITH_LATEST_PUBLISHED,
+            );
+        }
+        violations.into_result().map_err(RequestError::from)?;
+        self.unqualified(function)?;
+        let mut aliases = self
+            .store
+            .list_aliases(
+                &function.name,
+                query.function_version.as_deref(),
+                query.marker.as_deref(),
+                max_items + 1,
+            )?
+            .ok_or_else(|| ApiError::FunctionNotFound {
+                arn: self.account.function_arn(&function.name),
+            })?;
+        let next_marker = if aliases.len() > max_items {
+            aliases.truncate(max_items);
+            aliases.last().map(|last| last.name.clone())
+        } else {
+            None
+        };
+        Ok(ListAliasesResponse {
+            next_marker,
+            aliases: aliases
+                .iter()
+                .map(|a| a.configuration(&self.account))
+                .collect(),
+        })
     }
 
     /// Removes zips and extracted trees no version uses any more. Failures are logged and

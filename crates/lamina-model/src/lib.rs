@@ -1,6 +1,7 @@
 //! Lamina's domain model: the AWS Lambda wire shapes, their validation, function names
 //! and ARNs. No I/O happens here, so everything in this crate is testable in isolation.
 
+pub mod alias;
 pub mod arn;
 pub mod function;
 pub mod runtime;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use lamina_model::FunctionVersion;
+use lamina_model::alias::Alias;
 
 pub mod code;
 pub mod sqlite;
@@ -29,6 +30,21 @@ pub enum StoreError {
         name: String,
         expected_revision_id: String,
     },
+    #[error("alias {alias} of function {name} already exists")]
+    AliasAlreadyExists { name: String, alias: String },
+    #[error("alias {alias} of function {name} does not exist")]
+    AliasNotFound { name: String, alias: String },
+    #[error(
+        "alias {alias} of function {name} changed since revision {expected_revision_id} was read"
+    )]
+    AliasRevisionMismatch {
+        name: String,
+        alias: String,
+        expected_revision_id: String,
+    },
+    /// An alias may only point at versions that exist.
+    #[error("version {version} of function {name} does not exist")]
+    VersionNotFound { name: String, version: String },
     /// A version cannot be deleted while aliases route to it.
     #[error("version {version} of {name} is referenced by aliases {aliases:?}")]
     VersionInUse {
@@ -159,7 +175,31 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
         all_versions: bool,
     ) -> Result<Vec<FunctionVersion>, StoreError>;
 
-    /// Deletes a function with all its versions and tags; false if it did not exist.
+    /// Stores a new alias, checking in the same transaction that the function and every
+    /// version it routes to exist.
+    fn create_alias(&self, alias: &Alias) -> Result<(), StoreError>;
+
+    fn get_alias(&self, function_name: &str, alias: &str) -> Result<Option<Alias>, StoreError>;
+
+    /// Replaces an alias only if its revision is still `expected_revision_id`; the versions
+    /// it routes to must exist.
+    fn update_alias(&self, alias: &Alias, expected_revision_id: &str) -> Result<(), StoreError>;
+
+    /// False if there was no such alias.
+    fn delete_alias(&self, function_name: &str, alias: &str) -> Result<bool, StoreError>;
+
+    /// A function's aliases in name order after `after`, optionally only those whose
+    /// primary version is `version`; `None` if the function does not exist.
+    fn list_aliases(
+        &self,
+        function_name: &str,
+        version: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<Alias>>, StoreError>;
+
+    /// Deletes a function with all its versions, aliases and tags; false if it did not
+    /// exist.
     fn delete_function(&self, function_name: &str) -> Result<bool, StoreError>;
 
     /// The function's tags, or `None` if the function does not exist.

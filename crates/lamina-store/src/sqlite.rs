@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
+use lamina_model::alias::Alias;
 use lamina_model::{FunctionVersion, LATEST};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -41,6 +42,19 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE functions ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE functions ADD COLUMN published_from TEXT;
+",
+    // Aliases; the versions they route to are columns so that deleting a version can
+    // find the aliases that still use it.
+    "
+    CREATE TABLE aliases (
+        function_name      TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        name               TEXT NOT NULL,
+        function_version   TEXT NOT NULL,
+        additional_version TEXT,
+        revision_id        TEXT NOT NULL,
+        record             TEXT NOT NULL,
+        PRIMARY KEY (function_name, name)
+    );
 ",
 ];
 
@@ -155,6 +169,81 @@ fn get_version_in(
     record
         .map(|r| decode(&format!("{function_name}:{version}"), &r))
         .transpose()
+}
+
+fn decode_alias(key: &str, record: &str) -> Result<Alias, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn function_exists(tx: &Connection, name: &str) -> rusqlite::Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM functions WHERE name = ?1",
+            params![name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Every version `alias` routes to must exist (checked inside the writing transaction,
+/// so a concurrent version deletion cannot leave the alias dangling).
+fn check_alias_targets(tx: &Connection, alias: &Alias) -> Result<(), StoreError> {
+    for version in alias.versions() {
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM function_versions WHERE function_name = ?1 AND version = ?2",
+                params![alias.function_name, version],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("check alias versions"))?
+            .is_some();
+        if !exists {
+            return Err(StoreError::VersionNotFound {
+                name: alias.function_name.clone(),
+                version: version.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_alias(tx: &Connection, alias: &Alias, insert: bool) -> rusqlite::Result<usize> {
+    let record = serde_json::to_string(alias).expect("alias records always serialize");
+    let additional = alias.additional.as_ref().map(|a| a.version.as_str());
+    if insert {
+        tx.execute(
+            "INSERT INTO aliases
+                 (function_name, name, function_version, additional_version, revision_id, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            params![
+                alias.function_name,
+                alias.name,
+                alias.function_version,
+                additional,
+                alias.revision_id,
+                record
+            ],
+        )
+    } else {
+        tx.execute(
+            "UPDATE aliases SET function_version = ?3, additional_version = ?4,
+                    revision_id = ?5, record = ?6
+              WHERE function_name = ?1 AND name = ?2",
+            params![
+                alias.function_name,
+                alias.name,
+                alias.function_version,
+                additional,
+                alias.revision_id,
+                record
+            ],
+        )
+    }
 }
 
 fn write_latest(tx: &Connection, latest: &FunctionVersion) -> rusqlite::Result<usize> {
@@ -381,6 +470,27 @@ impl MetadataStore for SqliteStore {
         if !exists {
             return Ok(VersionDeletion::NoSuchFunction);
         }
+        let aliases: Vec<String> = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT name FROM aliases WHERE function_name = ?1
+                        AND (function_version = ?2 OR additional_version = ?2)
+                      ORDER BY name",
+                )
+                .map_err(db("delete version"))?;
+            statement
+                .query_map(params![function_name, version], |row| row.get(0))
+                .map_err(db("delete version"))?
+                .collect::<Result<_, _>>()
+                .map_err(db("delete version"))?
+        };
+        if !aliases.is_empty() {
+            return Err(StoreError::VersionInUse {
+                name: function_name.to_owned(),
+                version: version.to_owned(),
+                aliases,
+            });
+        }
         let deleted = tx
             .execute(
                 "DELETE FROM function_versions WHERE function_name = ?1 AND version = ?2
@@ -433,6 +543,116 @@ impl MetadataStore for SqliteStore {
             versions.push(decode(&format!("{name}:{version}"), &record)?);
         }
         Ok(versions)
+    }
+
+    fn create_alias(&self, alias: &Alias) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("create alias"))?;
+        if !function_exists(&tx, &alias.function_name).map_err(db("create alias"))? {
+            return Err(StoreError::NotFound {
+                name: alias.function_name.clone(),
+            });
+        }
+        check_alias_targets(&tx, alias)?;
+        if write_alias(&tx, alias, true).map_err(db("create alias"))? == 0 {
+            return Err(StoreError::AliasAlreadyExists {
+                name: alias.function_name.clone(),
+                alias: alias.name.clone(),
+            });
+        }
+        tx.commit().map_err(db("create alias"))
+    }
+
+    fn get_alias(&self, function_name: &str, alias: &str) -> Result<Option<Alias>, StoreError> {
+        let connection = self.lock();
+        let record: Option<String> = connection
+            .query_row(
+                "SELECT record FROM aliases WHERE function_name = ?1 AND name = ?2",
+                params![function_name, alias],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("get alias"))?;
+        record
+            .map(|r| decode_alias(&format!("{function_name}:{alias}"), &r))
+            .transpose()
+    }
+
+    fn update_alias(&self, alias: &Alias, expected_revision_id: &str) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("update alias"))?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT revision_id FROM aliases WHERE function_name = ?1 AND name = ?2",
+                params![alias.function_name, alias.name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("update alias"))?;
+        match current {
+            None => {
+                return Err(StoreError::AliasNotFound {
+                    name: alias.function_name.clone(),
+                    alias: alias.name.clone(),
+                });
+            }
+            Some(revision) if revision != expected_revision_id => {
+                return Err(StoreError::AliasRevisionMismatch {
+                    name: alias.function_name.clone(),
+                    alias: alias.name.clone(),
+                    expected_revision_id: expected_revision_id.to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        check_alias_targets(&tx, alias)?;
+        write_alias(&tx, alias, false).map_err(db("update alias"))?;
+        tx.commit().map_err(db("update alias"))
+    }
+
+    fn delete_alias(&self, function_name: &str, alias: &str) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let deleted = connection
+            .execute(
+                "DELETE FROM aliases WHERE function_name = ?1 AND name = ?2",
+                params![function_name, alias],
+            )
+            .map_err(db("delete alias"))?;
+        Ok(deleted > 0)
+    }
+
+    fn list_aliases(
+        &self,
+        function_name: &str,
+        version: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<Alias>>, StoreError> {
+        let connection = self.lock();
+        if !function_exists(&connection, function_name).map_err(db("list aliases"))? {
+            return Ok(None);
+        }
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT name, record FROM aliases
+                  WHERE function_name = ?1 AND name > ?2
+                    AND (?3 IS NULL OR function_version = ?3)
+                  ORDER BY name
+                  LIMIT ?4",
+            )
+            .map_err(db("list aliases"))?;
+        let rows = statement
+            .query_map(
+                params![function_name, after.unwrap_or(""), version, limit as i64],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .map_err(db("list aliases"))?;
+        let mut aliases = Vec::new();
+        for row in rows {
+            let (name, record) = row.map_err(db("list aliases"))?;
+            aliases.push(decode_alias(&format!("{function_name}:{name}"), &record)?);
+        }
+        Ok(Some(aliases))
     }
 
     fn delete_function(&self, function_name: &str) -> Result<bool, StoreError> {
@@ -726,6 +946,91 @@ mod tests {
             128,
             "published versions never change"
         );
+    }
+
+    fn alias(name: &str, version: &str, additional: Option<&str>, revision: &str) -> Alias {
+        Alias {
+            function_name: "f".into(),
+            name: name.into(),
+            function_version: version.into(),
+            description: String::new(),
+            additional: additional.map(|v| lamina_model::alias::AdditionalVersion {
+                version: v.into(),
+                weight: 0.1,
+            }),
+            revision_id: revision.into(),
+        }
+    }
+
+    #[test]
+    fn aliases_point_only_at_existing_versions_and_pin_them() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert!(matches!(
+            store.create_alias(&alias("live", "1", None, "a1")),
+            Err(StoreError::NotFound { .. })
+        ));
+        store
+            .create_function(&version("f", "r1"), &BTreeMap::new(), Some(&spec(1)))
+            .unwrap();
+        let mut next = version("f", "r2");
+        next.settings.memory_mb = 256;
+        store.replace_latest(&next, "l1", Some(&spec(2))).unwrap();
+
+        assert!(matches!(
+            store.create_alias(&alias("live", "3", None, "a1")),
+            Err(StoreError::VersionNotFound { version, .. }) if version == "3"
+        ));
+        store
+            .create_alias(&alias("live", "1", Some("2"), "a1"))
+            .unwrap();
+        store.create_alias(&alias("beta", "2", None, "b1")).unwrap();
+        store
+            .create_alias(&alias("all", "$LATEST", None, "c1"))
+            .unwrap();
+        assert!(matches!(
+            store.create_alias(&alias("live", "2", None, "a2")),
+            Err(StoreError::AliasAlreadyExists { .. })
+        ));
+        assert_eq!(
+            store.get_alias("f", "live").unwrap(),
+            Some(alias("live", "1", Some("2"), "a1"))
+        );
+
+        // Neither a primary nor an additional version can go while routed to.
+        assert!(matches!(
+            store.delete_version("f", "2"),
+            Err(StoreError::VersionInUse { aliases, .. }) if aliases == ["beta", "live"]
+        ));
+        assert!(matches!(
+            store.update_alias(&alias("live", "2", None, "a2"), "stale"),
+            Err(StoreError::AliasRevisionMismatch { .. })
+        ));
+        store
+            .update_alias(&alias("live", "2", None, "a2"), "a1")
+            .unwrap();
+        assert_eq!(
+            store.delete_version("f", "1").unwrap(),
+            VersionDeletion::Deleted
+        );
+
+        let names = |version: Option<&str>, after: Option<&str>| -> Vec<String> {
+            store
+                .list_aliases("f", version, after, 10)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.name)
+                .collect()
+        };
+        assert_eq!(names(None, None), ["all", "beta", "live"]);
+        assert_eq!(names(Some("2"), None), ["beta", "live"]);
+        assert_eq!(names(None, Some("beta")), ["live"]);
+        assert!(store.delete_alias("f", "beta").unwrap());
+        assert!(!store.delete_alias("f", "beta").unwrap());
+
+        assert!(store.delete_function("f").unwrap());
+        assert_eq!(store.get_alias("f", "live").unwrap(), None);
+        assert_eq!(store.list_aliases("f", None, None, 10).unwrap(), None);
     }
 
     #[test]

@@ -447,3 +447,422 @@ async fn published_versions_survive_a_restart() {
     set_stage(&client, "durable", "three").await;
     assert_eq!(publish(&client, "durable").await, "3");
 }
+
+#[tokio::test]
+async fn aliases_switch_blue_to_green_and_split_a_canary_by_weight() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "app", "blue", true).await;
+    set_stage(&client, "app", "green").await;
+    assert_eq!(publish(&client, "app").await, "2");
+
+    let created = client
+        .create_alias()
+        .function_name("app")
+        .name("live")
+        .function_version("1")
+        .description("production")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.alias_arn(),
+        Some(format!("{ARN}:app:live").as_str())
+    );
+    assert_eq!(created.function_version(), Some("1"));
+    assert_eq!(created.routing_config(), None);
+
+    // The alias resolves wherever a function name is accepted.
+    for (target, qualifier) in [
+        ("app:live", None),
+        ("app", Some("live")),
+        (format!("{ARN}:app:live").as_str(), None),
+        ("000000000000:function:app:live", None),
+    ] {
+        assert_eq!(
+            stage_of(&client, target, qualifier).await,
+            ("1".into(), "blue".into()),
+            "{target}"
+        );
+    }
+    let (_, context) = invoke(&client, "app:live", None, json!({"action": "context"})).await;
+    assert_eq!(
+        context["invoked_function_arn"],
+        format!("{ARN}:app:live"),
+        "the runtime sees the alias ARN it was invoked by"
+    );
+    let got = client
+        .get_function()
+        .function_name("app:live")
+        .send()
+        .await
+        .unwrap();
+    let configuration = got.configuration().unwrap();
+    assert_eq!(configuration.version(), Some("1"));
+    assert_eq!(
+        configuration.function_arn(),
+        Some(format!("{ARN}:app:live").as_str())
+    );
+    let dry_run = client
+        .invoke()
+        .function_name("app:live")
+        .invocation_type(aws_sdk_lambda::types::InvocationType::DryRun)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dry_run.status_code(), 204);
+
+    // Blue/green: one update moves every following invocation.
+    let (code, status, _) = aws_error(
+        client
+            .update_alias()
+            .function_name("app")
+            .name("live")
+            .function_version("2")
+            .revision_id("stale")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status),
+        ("PreconditionFailedException", 412)
+    );
+    let switched = client
+        .update_alias()
+        .function_name("app")
+        .name("live")
+        .function_version("2")
+        .revision_id(created.revision_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(switched.function_version(), Some("2"));
+    assert_eq!(switched.description(), Some("production"));
+    assert_ne!(switched.revision_id(), created.revision_id());
+    for _ in 0..5 {
+        assert_eq!(
+            stage_of(&client, "app:live", None).await,
+            ("2".into(), "green".into())
+        );
+    }
+
+    // A 90/10 canary: version 1 primary, 10 % to version 2.
+    let canary = client
+        .update_alias()
+        .function_name("app")
+        .name("live")
+        .function_version("1")
+        .routing_config(
+            aws_sdk_lambda::types::AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 0.1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        canary
+            .routing_config()
+            .and_then(|r| r.additional_version_weights())
+            .and_then(|w| w.get("2"))
+            .copied(),
+        Some(0.1)
+    );
+    const INVOKES: usize = 2000;
+    let mut to_second = 0usize;
+    for _ in 0..INVOKES {
+        let output = client
+            .invoke()
+            .function_name("app:live")
+            .payload(Blob::new(br#"{"action":"noop"}"#.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        match output.executed_version() {
+            Some("2") => to_second += 1,
+            Some("1") => {}
+            other => panic!("executed {other:?}"),
+        }
+    }
+    // Binomial(2000, 0.1): mean 200, standard deviation 13.4; this is ±4 deviations.
+    assert!(
+        (146..=254).contains(&to_second),
+        "{to_second} of {INVOKES} invocations went to version 2"
+    );
+
+    // AWS's refusals.
+    let weights = |pairs: &[(&str, f64)]| {
+        let mut builder = aws_sdk_lambda::types::AliasRoutingConfiguration::builder();
+        for (version, weight) in pairs {
+            builder = builder.additional_version_weights(*version, *weight);
+        }
+        builder.build()
+    };
+    let attempts = [
+        (
+            "1",
+            Some(weights(&[("2", 0.1), ("3", 0.1)])),
+            "InvalidParameterValueException",
+            400,
+            "Number of items in AdditionalVersionWeights cannot be greater than 1".to_owned(),
+        ),
+        (
+            "$LATEST",
+            Some(weights(&[("1", 0.5)])),
+            "InvalidParameterValueException",
+            400,
+            "$LATEST is not supported for an alias pointing to more than 1 version".to_owned(),
+        ),
+        (
+            "1",
+            Some(weights(&[("1", 0.5)])),
+            "InvalidParameterValueException",
+            400,
+            "Invalid function version 1. Function version 1 is already included in routing \
+             configuration."
+                .to_owned(),
+        ),
+        (
+            "9",
+            None,
+            "ResourceNotFoundException",
+            404,
+            format!("Function not found: {ARN}:app:9"),
+        ),
+        (
+            "1",
+            Some(weights(&[("9", 0.5)])),
+            "ResourceNotFoundException",
+            404,
+            format!("Function not found: {ARN}:app:9"),
+        ),
+        (
+            "1",
+            Some(weights(&[("2", 1.5)])),
+            "ValidationException",
+            400,
+            "1 validation error detected: Value '{2=1.5}' at \
+             'routingConfig.additionalVersionWeights' failed to satisfy constraint: Map value \
+             must satisfy constraint: [Member must have value less than or equal to 1.0, Member \
+             must have value greater than or equal to 0.0, Member must not be null]"
+                .to_owned(),
+        ),
+        (
+            "1",
+            None,
+            "ResourceConflictException",
+            409,
+            format!("Alias already exists: {ARN}:app:live"),
+        ),
+    ];
+    for (version, routing, exception, expected_status, expected_message) in attempts {
+        let (code, status, message) = aws_error(
+            client
+                .create_alias()
+                .function_name("app")
+                .name("live")
+                .function_version(version)
+                .set_routing_config(routing)
+                .send()
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(
+            (code.as_str(), status, message.as_str()),
+            (exception, expected_status, expected_message.as_str())
+        );
+    }
+    let (code, status, message) = aws_error(
+        client
+            .create_alias()
+            .function_name("app")
+            .name("2024")
+            .function_version("1")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code.as_str(), status), ("ValidationException", 400));
+    assert!(
+        message.ends_with("(?!^[0-9]+$)([a-zA-Z0-9-_]+)"),
+        "{message}"
+    );
+    let (code, status, message) = aws_error(
+        client
+            .get_alias()
+            .function_name("app")
+            .name("missing")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status, message.as_str()),
+        (
+            "ResourceNotFoundException",
+            404,
+            format!("Cannot find alias arn: {ARN}:app:missing").as_str()
+        )
+    );
+    let (code, status, message) = aws_error(
+        client
+            .update_alias()
+            .function_name("app")
+            .name("missing")
+            .function_version("1")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status, message.as_str()),
+        (
+            "ResourceNotFoundException",
+            404,
+            format!("Alias not found: {ARN}:app:missing").as_str()
+        )
+    );
+
+    // A version an alias routes to cannot be deleted.
+    let (code, status, message) = aws_error(
+        client
+            .delete_function()
+            .function_name("app")
+            .qualifier("2")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status, message.as_str()),
+        (
+            "ResourceConflictException",
+            409,
+            "Unable to delete version because the following aliases reference it: [live]"
+        )
+    );
+
+    // An alias on $LATEST follows it.
+    client
+        .create_alias()
+        .function_name("app")
+        .name("edge")
+        .function_version("$LATEST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stage_of(&client, "app:edge", None).await,
+        ("$LATEST".into(), "green".into())
+    );
+    set_stage(&client, "app", "purple").await;
+    assert_eq!(
+        stage_of(&client, "app:edge", None).await,
+        ("$LATEST".into(), "purple".into())
+    );
+
+    let listed = client
+        .list_aliases()
+        .function_name("app")
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed.aliases().iter().map(|a| a.name().unwrap()).collect();
+    assert_eq!(names, ["edge", "live"]);
+    let on_one = client
+        .list_aliases()
+        .function_name("app")
+        .function_version("1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_one.aliases().len(), 1);
+    let page = client
+        .list_aliases()
+        .function_name("app")
+        .max_items(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.aliases()[0].name(), Some("edge"));
+    let rest = client
+        .list_aliases()
+        .function_name("app")
+        .marker(page.next_marker().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.aliases()[0].name(), Some("live"));
+
+    // Deleting: twice is fine; then the alias no longer resolves.
+    for _ in 0..2 {
+        client
+            .delete_alias()
+            .function_name("app")
+            .name("live")
+            .send()
+            .await
+            .unwrap();
+    }
+    let (code, status, message) = aws_error(
+        client
+            .invoke()
+            .function_name("app:live")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status, message.as_str()),
+        (
+            "ResourceNotFoundException",
+            404,
+            format!("Function not found: {ARN}:app:live").as_str()
+        )
+    );
+    client
+        .delete_function()
+        .function_name("app")
+        .qualifier("2")
+        .send()
+        .await
+        .unwrap();
+
+    // Deleting the function deletes its aliases.
+    client
+        .delete_function()
+        .function_name("app")
+        .send()
+        .await
+        .unwrap();
+    deploy(&client, "app", "again", true).await;
+    let (code, _, _) = aws_error(
+        client
+            .get_alias()
+            .function_name("app")
+            .name("edge")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "ResourceNotFoundException");
+    let (code, status, message) = aws_error(
+        client
+            .create_alias()
+            .function_name("missing")
+            .name("live")
+            .function_version("1")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status, message.as_str()),
+        (
+            "ResourceNotFoundException",
+            404,
+            format!("Function not found: {ARN}:missing:1").as_str()
+        )
+    );
+}
