@@ -25,6 +25,9 @@ pub enum ApiError {
     RevisionMismatch,
     #[error("an update to {arn} is in progress")]
     UpdateInProgress { arn: String },
+    /// AWS's generic not-found answer (layer versions, policies).
+    #[error("the resource does not exist")]
+    ResourceNotFound,
     #[error("alias {arn} already exists")]
     AliasAlreadyExists { arn: String },
     /// GetAlias's wording of a missing alias.
@@ -132,6 +135,9 @@ impl ApiError {
                      for resource: {arn}"
                 ),
             ),
+            ApiError::ResourceNotFound => {
+                not_found("The resource you requested does not exist.".to_owned())
+            }
             ApiError::AliasAlreadyExists { arn } => user(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",

@@ -95,6 +95,16 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/aliases/{alias}",
             get(get_alias).put(update_alias).delete(delete_alias),
         )
+        .route("/2018-10-31/layers", get(list_layers_or_find))
+        .route("/2018-10-31/layers/", get(list_layers_or_find))
+        .route(
+            "/2018-10-31/layers/{layer}/versions",
+            post(publish_layer_version).get(list_layer_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}",
+            get(get_layer_version).delete(delete_layer_version),
+        )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
         .route(
@@ -246,21 +256,25 @@ async fn get_function(
         cp.get_function(&function)
     })
     .await?;
-    // AWS hands out a presigned S3 URL; Lamina serves the stored zip itself, at the
-    // address the caller already reached it by.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
     let response = GetFunctionResponse {
         configuration: details.configuration,
         code: CodeLocation {
             repository_type: "S3",
-            location: format!("http://{host}/lamina/code/{}.zip", details.code_sha256_hex),
+            location: code_location(&headers, &details.code_sha256_hex),
         },
         tags: details.tags,
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Where a stored zip can be downloaded. AWS hands out a presigned S3 URL; Lamina serves
+/// the zip itself, at the address the caller already reached it by.
+fn code_location(headers: &HeaderMap, sha256_hex: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/lamina/code/{sha256_hex}.zip")
 }
 
 async fn get_function_configuration(
@@ -428,6 +442,91 @@ async fn delete_alias(
         cp.delete_alias(&function, &alias)
     })
     .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn layer_response(
+    cp: &ControlPlane,
+    headers: &HeaderMap,
+    layer: &lamina_model::layer::LayerVersion,
+) -> lamina_model::layer::LayerVersionResponse {
+    layer.response(cp.account(), code_location(headers, &layer.code.sha256_hex))
+}
+
+async fn publish_layer_version(
+    State(cp): State<Shared>,
+    Path(layer): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "PublishLayerVersion", CODE_REQUEST_LIMIT).await?;
+    let control_plane = cp.clone();
+    let published = blocking(move || control_plane.publish_layer_version(&layer, request)).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &layer_response(&cp, &headers, &published),
+    ))
+}
+
+fn layers_query(pairs: &[(String, String)]) -> service::ListLayersQuery {
+    service::ListLayersQuery {
+        compatible_runtime: query_value(pairs, "CompatibleRuntime"),
+        compatible_architecture: query_value(pairs, "CompatibleArchitecture"),
+        marker: query_value(pairs, "Marker"),
+        max_items: query_value(pairs, "MaxItems"),
+    }
+}
+
+/// `GET /2018-10-31/layers` is ListLayers, and with `find=LayerVersion` GetLayerVersionByArn.
+async fn list_layers_or_find(
+    State(cp): State<Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    if query_value(&pairs, "find").as_deref() == Some("LayerVersion") {
+        let arn = query_value(&pairs, "Arn");
+        let control_plane = cp.clone();
+        let layer =
+            blocking(move || control_plane.get_layer_version_by_arn(arn.as_deref())).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &layer_response(&cp, &headers, &layer),
+        ));
+    }
+    let query = layers_query(&pairs);
+    let page = blocking(move || cp.list_layers(&query)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn list_layer_versions(
+    State(cp): State<Shared>,
+    Path(layer): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = layers_query(&query_pairs(query)?);
+    let page = blocking(move || cp.list_layer_versions(&layer, &query)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn get_layer_version(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let control_plane = cp.clone();
+    let found = blocking(move || control_plane.get_layer_version(&layer, &version)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &layer_response(&cp, &headers, &found),
+    ))
+}
+
+async fn delete_layer_version(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    blocking(move || cp.delete_layer_version(&layer, &version)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -12,9 +12,15 @@ use lamina_model::alias::{
     Alias, AliasConfiguration, AliasTarget, CreateAliasRequest, UpdateAliasRequest,
     check_alias_name,
 };
+use lamina_model::function::LayerRef;
 use lamina_model::function::{
     CodeRef, CreateFunctionRequest, PublishVersionRequest, UpdateFunctionCodeRequest,
     UpdateFunctionConfigurationRequest, code_sha256_mismatch,
+};
+use lamina_model::layer::{
+    LAYER_VERSION_ARN_QUERY_PATTERN, LayerName, LayerVersion, LayerVersionArn,
+    LayerVersionsListItem, LayersListItem, PublishLayerVersionRequest, check_list_filters,
+    version_below_one,
 };
 use lamina_model::validation::patterns;
 use lamina_model::{
@@ -121,6 +127,31 @@ pub struct ListAliasesQuery {
     pub function_version: Option<String>,
     pub marker: Option<String>,
     pub max_items: Option<String>,
+}
+
+/// ListLayers' and ListLayerVersions' parameters, already taken off the query string.
+#[derive(Debug, Clone, Default)]
+pub struct ListLayersQuery {
+    pub compatible_runtime: Option<String>,
+    pub compatible_architecture: Option<String>,
+    pub marker: Option<String>,
+    pub max_items: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListLayersResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub layers: Vec<LayersListItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListLayerVersionsResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub layer_versions: Vec<LayerVersionsListItem>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -335,8 +366,9 @@ impl ControlPlane {
         if let Some(tags) = &request.tags {
             check_tag_count(tags.len())?;
         }
-        if !settings.layers.is_empty() {
-            return Err(layer_not_found(&settings.layers[0].arn));
+        let mut settings = settings;
+        if let Some(arns) = &request.settings.layers {
+            settings.layers = self.resolve_layers(arns)?;
         }
         if self.store.get_version(&function.name, LATEST)?.is_some() {
             return Err(ApiError::FunctionAlreadyExists {
@@ -351,6 +383,7 @@ impl ControlPlane {
 
         let _gc_guard = self.code_gc.read().unwrap_or_else(|p| p.into_inner());
         let code = self.store_code(&zip)?;
+        check_unzipped_total(&code, &settings.layers)?;
         let latest = FunctionVersion {
             function_name: function.name.clone(),
             version: LATEST.to_owned(),
@@ -458,6 +491,7 @@ impl ControlPlane {
 
         let _gc_guard = self.code_gc.read().unwrap_or_else(|p| p.into_inner());
         let code = self.store_code(&zip)?;
+        check_unzipped_total(&code, &current.settings.layers)?;
         let mut updated = FunctionVersion {
             code,
             revision_id: new_revision_id(),
@@ -497,10 +531,11 @@ impl ControlPlane {
         request: UpdateFunctionConfigurationRequest,
     ) -> Result<FunctionConfiguration, ApiError> {
         let current = self.find_latest_for_update(function)?;
-        let settings = request.apply_to(&current.settings)?;
+        let mut settings = request.apply_to(&current.settings)?;
         check_revision(&current, request.revision_id.as_deref())?;
-        if let Some(layer) = settings.layers.first() {
-            return Err(layer_not_found(&layer.arn));
+        if let Some(arns) = &request.settings.layers {
+            settings.layers = self.resolve_layers(arns)?;
+            check_unzipped_total(&current.code, &settings.layers)?;
         }
         let updated = FunctionVersion {
             settings,
@@ -851,6 +886,235 @@ impl ControlPlane {
         })
     }
 
+    /// Turns the `Layers` member of a create or update into references to stored layer
+    /// versions, with AWS's checks: same region, one version per layer, versions exist.
+    fn resolve_layers(&self, arns: &[String]) -> Result<Vec<LayerRef>, ApiError> {
+        let parsed: Vec<LayerVersionArn> = arns
+            .iter()
+            .map(|arn| LayerVersionArn::parse(arn).ok_or_else(|| layer_not_found(arn)))
+            .collect::<Result<_, _>>()?;
+        if let Some(foreign) = parsed.iter().find(|l| l.region != self.account.region) {
+            tracing::debug!(region = %foreign.region, "layer in another region");
+            return Err(RequestError::InvalidParameter(format!(
+                "Layers are not in the same region as the function. Layers are expected to be \
+                 in region {}.",
+                self.account.region
+            ))
+            .into());
+        }
+        for (i, first) in parsed.iter().enumerate() {
+            if let Some(j) = parsed[i + 1..]
+                .iter()
+                .position(|other| other.layer_arn() == first.layer_arn())
+            {
+                return Err(RequestError::InvalidParameter(format!(
+                    "Two different versions of the same layer are not allowed to be referenced \
+                     in the same function. {} and {} are versions of the same layer.",
+                    arns[i],
+                    arns[i + 1 + j]
+                ))
+                .into());
+            }
+        }
+        let mut layers = Vec::with_capacity(parsed.len());
+        for (arn, layer) in arns.iter().zip(&parsed) {
+            let stored = if layer.account_id == self.account.account_id {
+                self.store.get_layer_version(&layer.name, layer.version)?
+            } else {
+                None
+            };
+            let stored = stored.ok_or_else(|| layer_not_found(arn))?;
+            layers.push(LayerRef {
+                arn: arn.clone(),
+                code_size: stored.code.size,
+                sha256_hex: stored.code.sha256_hex,
+                unzipped_size: stored.code.unzipped_size,
+            });
+        }
+        Ok(layers)
+    }
+
+    /// The layer a request path names; `None` if its ARN names another region or account,
+    /// where no layer of this server can be.
+    fn layer_name(&self, raw: &str) -> Result<Option<LayerName>, ApiError> {
+        let mut violations = Violations::new();
+        let parsed = LayerName::parse(raw, &mut violations);
+        violations.into_result().map_err(RequestError::from)?;
+        let parsed = parsed.expect("a name without violations was parsed");
+        Ok(parsed.is_local_to(&self.account).then_some(parsed))
+    }
+
+    /// PublishLayerVersion: stores the zip and the next version of the layer.
+    pub fn publish_layer_version(
+        &self,
+        raw_name: &str,
+        request: PublishLayerVersionRequest,
+    ) -> Result<LayerVersion, ApiError> {
+        request.validate()?;
+        let name = self
+            .layer_name(raw_name)?
+            .ok_or(ApiError::ResourceNotFound)?;
+        let content = request.content.clone().unwrap_or_default();
+        let zip = Self::zip_from_source(content.zip_file.as_deref(), content.s3_bucket.as_deref())?;
+        let _gc_guard = self.code_gc.read().unwrap_or_else(|p| p.into_inner());
+        let code = self.store_code(&zip)?;
+        let published = self.store.publish_layer_version(&LayerVersion {
+            layer_name: name.name,
+            version: 0,
+            description: request.description.unwrap_or_default(),
+            created_date: now(),
+            compatible_runtimes: request.compatible_runtimes,
+            compatible_architectures: request.compatible_architectures,
+            license_info: request.license_info,
+            code,
+        })?;
+        tracing::info!(layer = %published.layer_name, version = published.version, "layer version published");
+        Ok(published)
+    }
+
+    fn find_layer_version(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+    ) -> Result<LayerVersion, ApiError> {
+        let name = self.layer_name(raw_name)?;
+        let version = parse_layer_version_number(raw_version)?;
+        match name {
+            Some(name) => self.store.get_layer_version(&name.name, version)?,
+            None => None,
+        }
+        .ok_or(ApiError::ResourceNotFound)
+    }
+
+    pub fn get_layer_version(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+    ) -> Result<LayerVersion, ApiError> {
+        self.find_layer_version(raw_name, raw_version)
+    }
+
+    pub fn get_layer_version_by_arn(&self, arn: Option<&str>) -> Result<LayerVersion, ApiError> {
+        let mut violations = Violations::new();
+        lamina_model::function::require(&mut violations, "arn", &arn);
+        if let Some(arn) = arn {
+            violations.length("arn", arn, 1, 140);
+            violations.pattern("arn", arn, LAYER_VERSION_ARN_QUERY_PATTERN);
+        }
+        violations.into_result().map_err(RequestError::from)?;
+        let parsed = arn
+            .and_then(LayerVersionArn::parse)
+            .ok_or(ApiError::ResourceNotFound)?;
+        if parsed.region != self.account.region || parsed.account_id != self.account.account_id {
+            return Err(ApiError::ResourceNotFound);
+        }
+        self.store
+            .get_layer_version(&parsed.name, parsed.version)?
+            .ok_or(ApiError::ResourceNotFound)
+    }
+
+    /// ListLayers: each layer with its newest version matching the filters.
+    pub fn list_layers(&self, query: &ListLayersQuery) -> Result<ListLayersResponse, ApiError> {
+        let mut violations = Violations::new();
+        let max_items = parse_layer_max_items(query.max_items.as_deref(), &mut violations)?;
+        check_list_filters(
+            query.compatible_runtime.as_deref(),
+            query.compatible_architecture.as_deref(),
+            &mut violations,
+        );
+        violations.into_result().map_err(RequestError::from)?;
+        let mut layers: Vec<LayersListItem> = Vec::new();
+        for version in self.store.list_all_layer_versions()? {
+            if layers
+                .last()
+                .is_some_and(|l| l.layer_name == version.layer_name)
+                || query
+                    .marker
+                    .as_deref()
+                    .is_some_and(|m| version.layer_name.as_str() <= m)
+                || !version.matches(
+                    query.compatible_runtime.as_deref(),
+                    query.compatible_architecture.as_deref(),
+                )
+            {
+                continue;
+            }
+            layers.push(LayersListItem {
+                layer_name: version.layer_name.clone(),
+                layer_arn: version.layer_arn(&self.account),
+                latest_matching_version: version.list_item(&self.account),
+            });
+        }
+        let next_marker = (layers.len() > max_items).then(|| {
+            layers.truncate(max_items);
+            layers
+                .last()
+                .map(|l| l.layer_name.clone())
+                .unwrap_or_default()
+        });
+        Ok(ListLayersResponse {
+            next_marker,
+            layers,
+        })
+    }
+
+    /// ListLayerVersions: newest first; an unknown layer has none.
+    pub fn list_layer_versions(
+        &self,
+        raw_name: &str,
+        query: &ListLayersQuery,
+    ) -> Result<ListLayerVersionsResponse, ApiError> {
+        let mut violations = Violations::new();
+        let max_items = parse_layer_max_items(query.max_items.as_deref(), &mut violations)?;
+        check_list_filters(
+            query.compatible_runtime.as_deref(),
+            query.compatible_architecture.as_deref(),
+            &mut violations,
+        );
+        let name = LayerName::parse(raw_name, &mut violations);
+        violations.into_result().map_err(RequestError::from)?;
+        let name = name.filter(|n| n.is_local_to(&self.account));
+        let before: Option<u64> = query.marker.as_deref().and_then(|m| m.parse().ok());
+        let mut versions: Vec<LayerVersionsListItem> = match name {
+            Some(name) => self.store.list_layer_versions(&name.name)?,
+            None => Vec::new(),
+        }
+        .into_iter()
+        .filter(|v| before.is_none_or(|b| v.version < b))
+        .filter(|v| {
+            v.matches(
+                query.compatible_runtime.as_deref(),
+                query.compatible_architecture.as_deref(),
+            )
+        })
+        .map(|v| v.list_item(&self.account))
+        .collect();
+        let next_marker = (versions.len() > max_items).then(|| {
+            versions.truncate(max_items);
+            versions
+                .last()
+                .map(|v| v.version.to_string())
+                .unwrap_or_default()
+        });
+        Ok(ListLayerVersionsResponse {
+            next_marker,
+            layer_versions: versions,
+        })
+    }
+
+    /// DeleteLayerVersion: idempotent, as on AWS. Functions that use the version keep it.
+    pub fn delete_layer_version(&self, raw_name: &str, raw_version: &str) -> Result<(), ApiError> {
+        let name = self.layer_name(raw_name)?;
+        let version = parse_layer_version_number(raw_version)?;
+        if let Some(name) = name
+            && self.store.delete_layer_version(&name.name, version)?
+        {
+            tracing::info!(layer = %name.name, version, "layer version deleted");
+            self.collect_unused_code();
+        }
+        Ok(())
+    }
+
     /// Removes zips and extracted trees no version uses any more. Failures are logged and
     /// left for the next collection: they never fail the request that triggered it.
     pub fn collect_unused_code(&self) {
@@ -858,6 +1122,15 @@ impl ControlPlane {
         let result = self
             .store
             .referenced_code()
+            .and_then(|mut keep| {
+                keep.extend(
+                    self.store
+                        .referenced_layer_lists()?
+                        .iter()
+                        .map(|layers| CodeStore::opt_key(layers)),
+                );
+                Ok(keep)
+            })
             .map_err(ApiError::from)
             .and_then(|mut keep| {
                 if let Some(listener) = &self.change_listener {
@@ -970,6 +1243,25 @@ fn parse_max_items(raw: Option<&str>, violations: &mut Violations) -> Result<usi
     }
 }
 
+/// `MaxItems` of the layer list operations: 1 to 50.
+fn parse_layer_max_items(
+    raw: Option<&str>,
+    violations: &mut Violations,
+) -> Result<usize, ApiError> {
+    match raw {
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) => {
+                violations.range("maxItems", n, 1, LIST_PAGE_LIMIT as i64);
+                Ok(n.clamp(1, LIST_PAGE_LIMIT as i64) as usize)
+            }
+            Err(_) => Err(ApiError::MalformedBody {
+                detail: format!("MaxItems '{raw}' is not an integer"),
+            }),
+        },
+        None => Ok(LIST_PAGE_LIMIT),
+    }
+}
+
 /// The fresh identifiers and timestamp a publish needs.
 fn publish_spec(description: Option<String>) -> PublishSpec {
     PublishSpec {
@@ -1007,9 +1299,34 @@ fn check_tag_count(count: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Layers arrive with the versions-and-layers issue; until then no layer version exists.
+/// AWS's answer to a function that references a layer version it cannot find.
 fn layer_not_found(arn: &str) -> ApiError {
     RequestError::InvalidParameter(format!("Layer version {arn} does not exist.")).into()
+}
+
+/// The 250 MB unzipped quota covers the function's code and all its layers together.
+fn check_unzipped_total(code: &CodeRef, layers: &[LayerRef]) -> Result<(), ApiError> {
+    let limit = CodeLimits::LAMBDA.max_unzipped_bytes;
+    let total = code.unzipped_size + layers.iter().map(|l| l.unzipped_size).sum::<u64>();
+    if !layers.is_empty() && total > limit {
+        return Err(RequestError::InvalidParameter(format!(
+            "Function code combined with layers exceeds the maximum allowed size of {limit} \
+             bytes. The actual size is {total} bytes."
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The layer version number of a request path; AWS refuses numbers below 1.
+fn parse_layer_version_number(raw: &str) -> Result<u64, ApiError> {
+    let number: i64 = raw.parse().map_err(|_| ApiError::MalformedBody {
+        detail: format!("VersionNumber '{raw}' is not an integer"),
+    })?;
+    if number < 1 {
+        return Err(version_below_one().into());
+    }
+    Ok(number as u64)
 }
 
 fn hex_of(bytes: &[u8]) -> String {

@@ -472,17 +472,41 @@ impl Engine {
         let logs = self.logs.clone();
         let version = slot.version.clone();
         let runtime = tokio::runtime::Handle::current();
-        // Leased before the tree is located, so collection cannot remove it in between.
-        let code_lease = self.code_in_use.lease(&version.code.sha256_hex);
+        let layers: Vec<String> = version
+            .settings
+            .layers
+            .iter()
+            .map(|layer| layer.sha256_hex.clone())
+            .collect();
+        // Leased before the trees are located (or merged), so collection cannot remove
+        // them in between.
+        let mut leased = vec![version.code.sha256_hex.clone()];
+        if !layers.is_empty() {
+            leased.push(CodeStore::opt_key(&layers));
+            leased.extend(layers.iter().cloned());
+        }
+        let code_lease = self.code_in_use.lease(leased);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let task_dir = code.extracted_dir(&version.code.sha256_hex)?;
+            let opt_dir = if layers.is_empty() {
+                None
+            } else {
+                Some(code.opt_dir(&layers)?)
+            };
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "code located"
             );
             let environment = Environment::start(
-                &sandbox, &version, &task_dir, &context, &logs, &runtime, code_lease,
+                &sandbox,
+                &version,
+                &task_dir,
+                opt_dir.as_deref(),
+                &context,
+                &logs,
+                &runtime,
+                code_lease,
             );
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,

@@ -4,6 +4,7 @@
 pub mod alias;
 pub mod arn;
 pub mod function;
+pub mod layer;
 pub mod runtime;
 pub mod validation;
 

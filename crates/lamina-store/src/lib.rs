@@ -11,6 +11,7 @@ use std::fmt;
 
 use lamina_model::FunctionVersion;
 use lamina_model::alias::Alias;
+use lamina_model::layer::LayerVersion;
 
 pub mod code;
 pub mod sqlite;
@@ -215,6 +216,33 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
 
     fn account_usage(&self) -> Result<AccountUsage, StoreError>;
 
-    /// Hex SHA-256 of every zip some version still runs: what code GC must keep.
+    /// Stores `layer` as the next version of its layer (its `version` is ignored); the
+    /// number is allocated durably and never reused, even after every version of the
+    /// layer is deleted.
+    fn publish_layer_version(&self, layer: &LayerVersion) -> Result<LayerVersion, StoreError>;
+
+    fn get_layer_version(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<LayerVersion>, StoreError>;
+
+    /// Every version of a layer, newest first.
+    fn list_layer_versions(&self, layer_name: &str) -> Result<Vec<LayerVersion>, StoreError>;
+
+    /// Every layer version, by layer name and newest first within a layer.
+    fn list_all_layer_versions(&self) -> Result<Vec<LayerVersion>, StoreError>;
+
+    /// False if there was no such layer version. Functions that reference it keep their
+    /// copy of its code.
+    fn delete_layer_version(&self, layer_name: &str, version: u64) -> Result<bool, StoreError>;
+
+    /// Hex SHA-256 of every zip still needed: the code of every function version, the
+    /// layers those versions reference (deleted layer versions included), and every layer
+    /// version not deleted. What code GC must keep.
     fn referenced_code(&self) -> Result<HashSet<String>, StoreError>;
+
+    /// The ordered layer digests of every function version that has layers: the merged
+    /// `/opt` trees worth keeping.
+    fn referenced_layer_lists(&self) -> Result<HashSet<Vec<String>>, StoreError>;
 }

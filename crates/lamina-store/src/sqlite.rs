@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use lamina_model::alias::Alias;
+use lamina_model::layer::LayerVersion;
 use lamina_model::{FunctionVersion, LATEST};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -55,6 +56,23 @@ const MIGRATIONS: &[&str] = &[
         record             TEXT NOT NULL,
         PRIMARY KEY (function_name, name)
     );
+",
+    // Layers: the counter outlives the versions so numbers are never reused. A function
+    // version lists the digests of its layers in order (`layer_code`), so code GC keeps
+    // the zips of layer versions deleted after functions referenced them.
+    "
+    CREATE TABLE layers (
+        name         TEXT PRIMARY KEY,
+        last_version INTEGER NOT NULL
+    );
+    CREATE TABLE layer_versions (
+        layer_name  TEXT NOT NULL REFERENCES layers(name),
+        version     INTEGER NOT NULL,
+        code_sha256 TEXT NOT NULL,
+        record      TEXT NOT NULL,
+        PRIMARY KEY (layer_name, version)
+    );
+    ALTER TABLE function_versions ADD COLUMN layer_code TEXT NOT NULL DEFAULT '';
 ",
 ];
 
@@ -136,11 +154,23 @@ fn decode_tags(key: &str, tags: &str) -> Result<BTreeMap<String, String>, StoreE
     })
 }
 
+/// The `layer_code` column: the version's layer digests, in order, space-separated.
+fn layer_code(version: &FunctionVersion) -> String {
+    version
+        .settings
+        .layers
+        .iter()
+        .map(|layer| layer.sha256_hex.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn insert_version(tx: &Connection, version: &FunctionVersion) -> rusqlite::Result<usize> {
     tx.execute(
         "INSERT INTO function_versions
-             (function_name, version, version_order, code_sha256, code_size, revision_id, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (function_name, version, version_order, code_sha256, code_size, revision_id, record,
+              layer_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             version.function_name,
             version.version,
@@ -149,8 +179,44 @@ fn insert_version(tx: &Connection, version: &FunctionVersion) -> rusqlite::Resul
             version.code.size as i64,
             version.revision_id,
             encode(version),
+            layer_code(version),
         ],
     )
+}
+
+fn decode_layer(key: &str, record: &str) -> Result<LayerVersion, StoreError> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn layer_versions_where(
+    connection: &Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<LayerVersion>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT layer_name, version, record FROM layer_versions {filter}
+              ORDER BY layer_name, version DESC"
+        ))
+        .map_err(db("list layer versions"))?;
+    let rows = statement
+        .query_map(args, |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(db("list layer versions"))?;
+    let mut versions = Vec::new();
+    for row in rows {
+        let (name, version, record) = row.map_err(db("list layer versions"))?;
+        versions.push(decode_layer(&format!("layer {name}:{version}"), &record)?);
+    }
+    Ok(versions)
 }
 
 fn get_version_in(
@@ -249,7 +315,7 @@ fn write_alias(tx: &Connection, alias: &Alias, insert: bool) -> rusqlite::Result
 fn write_latest(tx: &Connection, latest: &FunctionVersion) -> rusqlite::Result<usize> {
     tx.execute(
         "UPDATE function_versions
-            SET code_sha256 = ?3, code_size = ?4, revision_id = ?5, record = ?6
+            SET code_sha256 = ?3, code_size = ?4, revision_id = ?5, record = ?6, layer_code = ?7
           WHERE function_name = ?1 AND version = ?2",
         params![
             latest.function_name,
@@ -258,6 +324,7 @@ fn write_latest(tx: &Connection, latest: &FunctionVersion) -> rusqlite::Result<u
             latest.code.size as i64,
             latest.revision_id,
             encode(latest),
+            layer_code(latest),
         ],
     )
 }
@@ -720,7 +787,9 @@ impl MetadataStore for SqliteStore {
         connection
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM functions),
-                        (SELECT COALESCE(SUM(code_size), 0) FROM function_versions)",
+                        (SELECT COALESCE(SUM(code_size), 0) FROM function_versions)
+                      + (SELECT COALESCE(SUM(json_extract(record, '$.code.size')), 0)
+                           FROM layer_versions)",
                 [],
                 |row| {
                     Ok(AccountUsage {
@@ -732,15 +801,113 @@ impl MetadataStore for SqliteStore {
             .map_err(db("account usage"))
     }
 
+    fn publish_layer_version(&self, layer: &LayerVersion) -> Result<LayerVersion, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection
+            .transaction()
+            .map_err(db("publish layer version"))?;
+        let number: i64 = tx
+            .query_row(
+                "INSERT INTO layers (name, last_version) VALUES (?1, 1)
+                 ON CONFLICT (name) DO UPDATE SET last_version = last_version + 1
+                 RETURNING last_version",
+                params![layer.layer_name],
+                |row| row.get(0),
+            )
+            .map_err(db("publish layer version"))?;
+        let published = LayerVersion {
+            version: number as u64,
+            ..layer.clone()
+        };
+        tx.execute(
+            "INSERT INTO layer_versions (layer_name, version, code_sha256, record)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                published.layer_name,
+                number,
+                published.code.sha256_hex,
+                serde_json::to_string(&published).expect("layer records always serialize"),
+            ],
+        )
+        .map_err(db("publish layer version"))?;
+        tx.commit().map_err(db("publish layer version"))?;
+        Ok(published)
+    }
+
+    fn get_layer_version(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<LayerVersion>, StoreError> {
+        let connection = self.lock();
+        let record: Option<String> = connection
+            .query_row(
+                "SELECT record FROM layer_versions WHERE layer_name = ?1 AND version = ?2",
+                params![layer_name, version as i64],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("get layer version"))?;
+        record
+            .map(|r| decode_layer(&format!("layer {layer_name}:{version}"), &r))
+            .transpose()
+    }
+
+    fn list_layer_versions(&self, layer_name: &str) -> Result<Vec<LayerVersion>, StoreError> {
+        layer_versions_where(&self.lock(), "WHERE layer_name = ?1", &[&layer_name])
+    }
+
+    fn list_all_layer_versions(&self) -> Result<Vec<LayerVersion>, StoreError> {
+        layer_versions_where(&self.lock(), "", &[])
+    }
+
+    fn delete_layer_version(&self, layer_name: &str, version: u64) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let deleted = connection
+            .execute(
+                "DELETE FROM layer_versions WHERE layer_name = ?1 AND version = ?2",
+                params![layer_name, version as i64],
+            )
+            .map_err(db("delete layer version"))?;
+        Ok(deleted > 0)
+    }
+
     fn referenced_code(&self) -> Result<HashSet<String>, StoreError> {
         let connection = self.lock();
         let mut statement = connection
-            .prepare("SELECT DISTINCT code_sha256 FROM function_versions")
+            .prepare(
+                "SELECT code_sha256, layer_code FROM function_versions
+                 UNION SELECT code_sha256, '' FROM layer_versions",
+            )
             .map_err(db("list code"))?;
         let rows = statement
-            .query_map([], |row| row.get::<_, String>(0))
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
             .map_err(db("list code"))?;
-        rows.collect::<Result<_, _>>().map_err(db("list code"))
+        let mut referenced = HashSet::new();
+        for row in rows {
+            let (code, layers) = row.map_err(db("list code"))?;
+            referenced.insert(code);
+            referenced.extend(layers.split_whitespace().map(str::to_owned));
+        }
+        Ok(referenced)
+    }
+
+    fn referenced_layer_lists(&self) -> Result<HashSet<Vec<String>>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare("SELECT DISTINCT layer_code FROM function_versions WHERE layer_code <> ''")
+            .map_err(db("list layer code"))?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(db("list layer code"))?;
+        let mut lists = HashSet::new();
+        for row in rows {
+            let list = row.map_err(db("list layer code"))?;
+            lists.insert(list.split_whitespace().map(str::to_owned).collect());
+        }
+        Ok(lists)
     }
 }
 
@@ -1031,6 +1198,90 @@ mod tests {
         assert!(store.delete_function("f").unwrap());
         assert_eq!(store.get_alias("f", "live").unwrap(), None);
         assert_eq!(store.list_aliases("f", None, None, 10).unwrap(), None);
+    }
+
+    fn layer(name: &str, sha: char) -> LayerVersion {
+        LayerVersion {
+            layer_name: name.into(),
+            version: 0,
+            description: String::new(),
+            created_date: "2024-05-01T12:34:56.789+0000".into(),
+            compatible_runtimes: None,
+            compatible_architectures: None,
+            license_info: None,
+            code: CodeRef {
+                sha256_hex: sha.to_string().repeat(64),
+                size: 1,
+                unzipped_size: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn layer_versions_are_numbered_and_kept_while_functions_use_them() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(
+            store
+                .publish_layer_version(&layer("l", 'a'))
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(
+            store
+                .publish_layer_version(&layer("l", 'b'))
+                .unwrap()
+                .version,
+            2
+        );
+        assert_eq!(
+            store
+                .publish_layer_version(&layer("m", 'c'))
+                .unwrap()
+                .version,
+            1
+        );
+        let versions: Vec<u64> = store
+            .list_layer_versions("l")
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, [2, 1]);
+        assert_eq!(store.list_all_layer_versions().unwrap().len(), 3);
+        // Layer archives count towards the account's code storage, as on AWS.
+        assert_eq!(store.account_usage().unwrap().total_code_size, 3);
+
+        let mut f = version("f", "r1");
+        f.settings.layers = vec![lamina_model::function::LayerRef {
+            arn: "arn:aws:lambda:us-east-1:000000000000:layer:l:1".into(),
+            code_size: 1,
+            sha256_hex: "a".repeat(64),
+            unzipped_size: 1,
+        }];
+        store.create_function(&f, &BTreeMap::new(), None).unwrap();
+        assert!(store.delete_layer_version("l", 1).unwrap());
+        assert!(!store.delete_layer_version("l", 1).unwrap());
+        assert!(store.delete_layer_version("l", 2).unwrap());
+        assert_eq!(store.get_layer_version("l", 1).unwrap(), None);
+
+        // The deleted version's code stays: a function still uses it. Version 2's goes.
+        let referenced = store.referenced_code().unwrap();
+        assert!(referenced.contains(&"a".repeat(64)));
+        assert!(!referenced.contains(&"b".repeat(64)));
+        assert!(referenced.contains(&"c".repeat(64)));
+        assert_eq!(
+            store.referenced_layer_lists().unwrap(),
+            HashSet::from([vec!["a".repeat(64)]])
+        );
+        // Numbers continue after every version was deleted.
+        assert_eq!(
+            store
+                .publish_layer_version(&layer("l", 'd'))
+                .unwrap()
+                .version,
+            3
+        );
     }
 
     #[test]

@@ -160,25 +160,6 @@ async fn get_function_serves_the_stored_zip_and_accepts_every_name_form() {
     );
 }
 
-/// Minimal HTTP GET over a raw socket: the download is plain HTTP on loopback.
-fn http_get(url: &str) -> Vec<u8> {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    response[split + 4..].to_vec()
-}
-
 #[tokio::test]
 async fn updates_change_the_revision_and_respect_preconditions() {
     let server = LaminaServer::start();
