@@ -28,6 +28,22 @@ pub enum ApiError {
     /// AWS's generic not-found answer (layer versions, policies).
     #[error("the resource does not exist")]
     ResourceNotFound,
+    /// A resource exists but has no policy (RemovePermission, layer versions).
+    #[error("no policy is associated with the resource")]
+    PolicyNotFound,
+    /// RemovePermission on a function that does not exist.
+    #[error("no policy found for {arn}")]
+    NoPolicyFor { arn: String },
+    #[error("statement {sid} is not in the policy")]
+    StatementNotFound { sid: String },
+    #[error("statement id {sid} already exists")]
+    StatementAlreadyExists { sid: String },
+    /// A policy revision given by the caller is not the current one; AWS names a different
+    /// API to call for layer policies.
+    #[error("the policy revision id given is not the latest")]
+    PolicyRevisionMismatch { layer: bool },
+    #[error("layer version {arn} does not exist")]
+    LayerVersionDoesNotExist { arn: String },
     #[error("alias {arn} already exists")]
     AliasAlreadyExists { arn: String },
     /// GetAlias's wording of a missing alias.
@@ -138,6 +154,37 @@ impl ApiError {
             ApiError::ResourceNotFound => {
                 not_found("The resource you requested does not exist.".to_owned())
             }
+            ApiError::PolicyNotFound => {
+                not_found("No policy is associated with the given resource.".to_owned())
+            }
+            ApiError::NoPolicyFor { arn } => not_found(format!("No policy found for: {arn}")),
+            ApiError::StatementNotFound { sid } => {
+                not_found(format!("Statement {sid} is not found in resource policy."))
+            }
+            ApiError::StatementAlreadyExists { sid } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!(
+                    "The statement id ({sid}) provided already exists. Please provide a new \
+                     statement id, or remove the existing statement."
+                ),
+            ),
+            ApiError::PolicyRevisionMismatch { layer } => user(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailedException",
+                format!(
+                    "The Revision Id provided does not match the latest Revision Id. Call the \
+                     {} API to retrieve the latest Revision Id",
+                    if *layer {
+                        "GetLayerPolicy"
+                    } else {
+                        "GetPolicy"
+                    }
+                ),
+            ),
+            ApiError::LayerVersionDoesNotExist { arn } => {
+                not_found(format!("Layer version {arn} does not exist."))
+            }
             ApiError::AliasAlreadyExists { arn } => user(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",
@@ -218,6 +265,12 @@ impl ApiError {
                 StoreError::AliasRevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
                 StoreError::VersionNotFound { name, version } => {
                     not_found(format!("Function not found: {name}:{version}"))
+                }
+                StoreError::PolicyRevisionMismatch { .. } => {
+                    ApiError::PolicyRevisionMismatch { layer: false }.aws_error()
+                }
+                StoreError::LayerVersionNotFound { name, version } => {
+                    not_found(format!("Layer version {name}:{version} does not exist."))
                 }
                 StoreError::Database { .. } | StoreError::Corrupt { .. } => {
                     service_error(store.to_string())

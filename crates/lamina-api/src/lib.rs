@@ -88,6 +88,14 @@ pub fn router(state: AppState) -> Router {
             post(publish_version).get(list_versions_by_function),
         )
         .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(add_permission).get(get_policy),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{sid}",
+            axum::routing::delete(remove_permission),
+        )
+        .route(
             "/2015-03-31/functions/{name}/aliases",
             post(create_alias).get(list_aliases),
         )
@@ -104,6 +112,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2018-10-31/layers/{layer}/versions/{version}",
             get(get_layer_version).delete(delete_layer_version),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy",
+            post(add_layer_version_permission).get(get_layer_version_policy),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy/{sid}",
+            axum::routing::delete(remove_layer_version_permission),
         )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
@@ -527,6 +543,96 @@ async fn delete_layer_version(
     Path((layer, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     blocking(move || cp.delete_layer_version(&layer, &version)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_permission(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let request = json_body(&headers, body, "AddPermission", DEFAULT_REQUEST_LIMIT).await?;
+    let statement = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.add_permission(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &statement))
+}
+
+async fn get_policy(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let policy = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.get_policy(&function)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &policy))
+}
+
+async fn remove_permission(
+    State(cp): State<Shared>,
+    Path((name, sid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let qualifier = query_value(&pairs, "Qualifier");
+    let revision_id = query_value(&pairs, "RevisionId");
+    blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.remove_permission(&function, &sid, revision_id.as_deref())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_layer_version_permission(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let revision_id = query_value(&query_pairs(query)?, "RevisionId");
+    let request = json_body(
+        &headers,
+        body,
+        "AddLayerVersionPermission",
+        DEFAULT_REQUEST_LIMIT,
+    )
+    .await?;
+    let statement = blocking(move || {
+        cp.add_layer_version_permission(&layer, &version, request, revision_id.as_deref())
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &statement))
+}
+
+async fn get_layer_version_policy(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let policy = blocking(move || cp.get_layer_version_policy(&layer, &version)).await?;
+    Ok(json_response(StatusCode::OK, &policy))
+}
+
+async fn remove_layer_version_permission(
+    State(cp): State<Shared>,
+    Path((layer, version, sid)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let revision_id = query_value(&query_pairs(query)?, "RevisionId");
+    blocking(move || {
+        cp.remove_layer_version_permission(&layer, &version, &sid, revision_id.as_deref())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -22,6 +22,10 @@ use lamina_model::layer::{
     LayerVersionsListItem, LayersListItem, PublishLayerVersionRequest, check_list_filters,
     version_below_one,
 };
+use lamina_model::policy::{
+    AccessRequest, AddLayerVersionPermissionRequest, AddPermissionRequest, PolicyDocument,
+    Statement, check_statement_id,
+};
 use lamina_model::validation::patterns;
 use lamina_model::{
     Account, FunctionConfiguration, FunctionRef, FunctionVersion, LATEST, NameShape, Qualifier,
@@ -29,7 +33,7 @@ use lamina_model::{
 };
 use lamina_store::{
     CodeLimits, CodeStore, ListPosition, MetadataStore, PublishSpec, Published, StoreError,
-    VersionDeletion, version_order,
+    StoredPolicy, VersionDeletion, version_order,
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +157,27 @@ pub struct ListLayerVersionsResponse {
     pub next_marker: Option<String>,
     pub layer_versions: Vec<LayerVersionsListItem>,
 }
+
+/// GetPolicy's and GetLayerVersionPolicy's answer: the document as a JSON string.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PolicyResponse {
+    pub policy: String,
+    pub revision_id: String,
+}
+
+/// AddPermission's (and, with its revision, AddLayerVersionPermission's) answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatementResponse {
+    pub statement: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_id: Option<String>,
+}
+
+/// How many times a policy change is retried when another change wins the race and the
+/// caller did not pin a revision.
+const POLICY_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -1115,6 +1140,367 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The key of the policy a function reference names: empty for the function itself
+    /// (`$LATEST` included), else the version or alias.
+    fn policy_qualifier(function: &FunctionRef) -> &str {
+        match function.qualifier_kind() {
+            Qualifier::Latest => "",
+            Qualifier::Version(q) | Qualifier::Alias(q) => q,
+        }
+    }
+
+    /// The ARN statements of this policy name as their `Resource`.
+    fn policy_resource(&self, function: &FunctionRef) -> String {
+        let qualifier = Self::policy_qualifier(function);
+        self.account
+            .qualified_function_arn(&function.name, (!qualifier.is_empty()).then_some(qualifier))
+    }
+
+    /// The revision of the function, version or alias a policy belongs to, or AWS's
+    /// not-found error for it.
+    fn policy_target_revision(&self, function: &FunctionRef) -> Result<String, ApiError> {
+        match function.qualifier_kind() {
+            Qualifier::Latest => Ok(self
+                .store
+                .get_version(&function.name, LATEST)?
+                .ok_or_else(|| ApiError::FunctionNotFound {
+                    arn: self.account.function_arn(&function.name),
+                })?
+                .revision_id),
+            Qualifier::Version(version) => {
+                if self.store.get_version(&function.name, LATEST)?.is_none() {
+                    return Err(ApiError::FunctionNotFound {
+                        arn: self.account.function_arn(&function.name),
+                    });
+                }
+                Ok(self
+                    .store
+                    .get_version(&function.name, version)?
+                    .ok_or_else(|| self.not_found(function))?
+                    .revision_id)
+            }
+            Qualifier::Alias(alias) => Ok(self
+                .store
+                .get_alias(&function.name, alias)?
+                .ok_or_else(|| ApiError::CannotFindAlias {
+                    arn: self.alias_arn(function, alias),
+                })?
+                .revision_id),
+        }
+    }
+
+    fn read_policy(
+        stored: Option<StoredPolicy>,
+    ) -> Result<Option<(String, PolicyDocument)>, ApiError> {
+        stored
+            .map(|p| {
+                PolicyDocument::from_json(&p.document)
+                    .map(|document| (p.revision_id, document))
+                    .map_err(|e| ApiError::Internal {
+                        detail: format!("stored policy is unreadable: {e}"),
+                    })
+            })
+            .transpose()
+    }
+
+    fn stored(document: &PolicyDocument) -> Option<StoredPolicy> {
+        (!document.statements.is_empty()).then(|| StoredPolicy {
+            revision_id: new_revision_id(),
+            document: document.to_json(),
+        })
+    }
+
+    /// AddPermission: adds a statement to the policy of a function, version or alias.
+    pub fn add_permission(
+        &self,
+        function: &FunctionRef,
+        request: AddPermissionRequest,
+    ) -> Result<StatementResponse, ApiError> {
+        let statement = request.statement(&self.policy_resource(function))?;
+        if function.qualifier.as_deref() == Some(LATEST) {
+            return Err(RequestError::InvalidParameter(
+                "We currently do not support adding policies for $LATEST.".to_owned(),
+            )
+            .into());
+        }
+        let qualifier = Self::policy_qualifier(function);
+        for _ in 0..POLICY_ATTEMPTS {
+            let target_revision = self.policy_target_revision(function)?;
+            let current =
+                Self::read_policy(self.store.get_function_policy(&function.name, qualifier)?)?;
+            let expected_revision = current.as_ref().map(|(r, _)| r.clone());
+            if let Some(given) = &request.revision_id
+                && *given != expected_revision.clone().unwrap_or(target_revision)
+            {
+                return Err(ApiError::PolicyRevisionMismatch { layer: false });
+            }
+            let mut document = current.map(|(_, d)| d).unwrap_or_default();
+            if document.statement(&statement.sid).is_some() {
+                return Err(ApiError::StatementAlreadyExists { sid: statement.sid });
+            }
+            document.statements.push(statement.clone());
+            match self.store.put_function_policy(
+                &function.name,
+                qualifier,
+                expected_revision.as_deref(),
+                Self::stored(&document).as_ref(),
+            ) {
+                Ok(()) => {
+                    tracing::info!(function = %function.name, qualifier, sid = %statement.sid, "permission added");
+                    return Ok(StatementResponse {
+                        statement: statement.to_json(),
+                        revision_id: None,
+                    });
+                }
+                Err(StoreError::PolicyRevisionMismatch { .. }) if request.revision_id.is_none() => {
+                    continue;
+                }
+                Err(error) => return Err(self.policy_write_error(function, error)),
+            }
+        }
+        Err(ApiError::UpdateInProgress {
+            arn: self.policy_resource(function),
+        })
+    }
+
+    /// Maps the store's refusal of a policy write (the resource went away meanwhile).
+    fn policy_write_error(&self, function: &FunctionRef, error: StoreError) -> ApiError {
+        match error {
+            StoreError::NotFound { .. } => ApiError::FunctionNotFound {
+                arn: self.account.function_arn(&function.name),
+            },
+            StoreError::VersionNotFound { .. } => self.not_found(function),
+            StoreError::AliasNotFound { alias, .. } => ApiError::CannotFindAlias {
+                arn: self.alias_arn(function, &alias),
+            },
+            StoreError::PolicyRevisionMismatch { .. } => {
+                ApiError::PolicyRevisionMismatch { layer: false }
+            }
+            other => other.into(),
+        }
+    }
+
+    /// RemovePermission: removes one statement; the last one takes the policy along.
+    pub fn remove_permission(
+        &self,
+        function: &FunctionRef,
+        sid: &str,
+        revision_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        check_statement_id(sid, true)?;
+        let qualifier = Self::policy_qualifier(function);
+        for _ in 0..POLICY_ATTEMPTS {
+            match self.policy_target_revision(function) {
+                Err(ApiError::FunctionNotFound { .. }) if function.qualifier.is_none() => {
+                    return Err(ApiError::NoPolicyFor {
+                        arn: self.account.function_arn(&function.name),
+                    });
+                }
+                Err(error) => return Err(error),
+                Ok(_) => {}
+            }
+            let (current_revision, mut document) =
+                Self::read_policy(self.store.get_function_policy(&function.name, qualifier)?)?
+                    .ok_or(ApiError::PolicyNotFound)?;
+            if revision_id.is_some_and(|given| given != current_revision) {
+                return Err(ApiError::PolicyRevisionMismatch { layer: false });
+            }
+            let before = document.statements.len();
+            document.statements.retain(|s| s.sid != sid);
+            if document.statements.len() == before {
+                return Err(ApiError::StatementNotFound {
+                    sid: sid.to_owned(),
+                });
+            }
+            match self.store.put_function_policy(
+                &function.name,
+                qualifier,
+                Some(&current_revision),
+                Self::stored(&document).as_ref(),
+            ) {
+                Ok(()) => {
+                    tracing::info!(function = %function.name, qualifier, sid, "permission removed");
+                    return Ok(());
+                }
+                Err(StoreError::PolicyRevisionMismatch { .. }) if revision_id.is_none() => continue,
+                Err(error) => return Err(self.policy_write_error(function, error)),
+            }
+        }
+        Err(ApiError::UpdateInProgress {
+            arn: self.policy_resource(function),
+        })
+    }
+
+    /// GetPolicy: the policy of a function, version or alias.
+    pub fn get_policy(&self, function: &FunctionRef) -> Result<PolicyResponse, ApiError> {
+        let qualifier = Self::policy_qualifier(function);
+        let stored = self
+            .store
+            .get_function_policy(&function.name, qualifier)?
+            .ok_or(ApiError::ResourceNotFound)?;
+        Ok(PolicyResponse {
+            policy: stored.document,
+            revision_id: stored.revision_id,
+        })
+    }
+
+    /// Whether the resource policy of `function` (as named: unqualified, a version or an
+    /// alias) allows `request`. For callers that are not the account itself (function URLs
+    /// with auth type NONE, event sources): a missing function or policy allows nothing.
+    pub fn policy_allows(
+        &self,
+        function: &FunctionRef,
+        request: &AccessRequest<'_>,
+    ) -> Result<bool, ApiError> {
+        let qualifier = Self::policy_qualifier(function);
+        Ok(
+            Self::read_policy(self.store.get_function_policy(&function.name, qualifier)?)?
+                .is_some_and(|(_, document)| document.allows(request)),
+        )
+    }
+
+    /// The layer version a layer-permission request names, or AWS's error for a missing one.
+    fn permission_layer_version(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+    ) -> Result<(String, u64, String), ApiError> {
+        let mut violations = Violations::new();
+        let name = LayerName::parse(raw_name, &mut violations);
+        violations.into_result().map_err(RequestError::from)?;
+        let name = name.expect("a name without violations was parsed");
+        let version = parse_layer_version_number(raw_version)?;
+        let arn = name.version_arn(&self.account, version as i64);
+        if !name.is_local_to(&self.account) {
+            return Err(ApiError::LayerVersionDoesNotExist { arn });
+        }
+        Ok((name.name, version, arn))
+    }
+
+    fn layer_policy(
+        &self,
+        name: &str,
+        version: u64,
+        arn: &str,
+    ) -> Result<Option<(String, PolicyDocument)>, ApiError> {
+        match self.store.get_layer_version_policy(name, version) {
+            Ok(stored) => Self::read_policy(stored),
+            Err(StoreError::LayerVersionNotFound { .. }) => {
+                Err(ApiError::LayerVersionDoesNotExist {
+                    arn: arn.to_owned(),
+                })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// AddLayerVersionPermission.
+    pub fn add_layer_version_permission(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+        request: AddLayerVersionPermissionRequest,
+        revision_id: Option<&str>,
+    ) -> Result<StatementResponse, ApiError> {
+        let (name, version, arn) = self.permission_layer_version(raw_name, raw_version)?;
+        let statement: Statement = request.statement(&arn)?;
+        for _ in 0..POLICY_ATTEMPTS {
+            let current = self.layer_policy(&name, version, &arn)?;
+            let expected = current.as_ref().map(|(r, _)| r.clone());
+            if revision_id.is_some_and(|given| Some(given) != expected.as_deref()) {
+                return Err(ApiError::PolicyRevisionMismatch { layer: true });
+            }
+            let mut document = current.map(|(_, d)| d).unwrap_or_default();
+            if document.statement(&statement.sid).is_some() {
+                return Err(ApiError::StatementAlreadyExists { sid: statement.sid });
+            }
+            document.statements.push(statement.clone());
+            let stored = Self::stored(&document);
+            match self.store.put_layer_version_policy(
+                &name,
+                version,
+                expected.as_deref(),
+                stored.as_ref(),
+            ) {
+                Ok(()) => {
+                    return Ok(StatementResponse {
+                        statement: statement.to_json(),
+                        revision_id: stored.map(|s| s.revision_id),
+                    });
+                }
+                Err(StoreError::PolicyRevisionMismatch { .. }) if revision_id.is_none() => continue,
+                Err(StoreError::LayerVersionNotFound { .. }) => {
+                    return Err(ApiError::LayerVersionDoesNotExist { arn });
+                }
+                Err(StoreError::PolicyRevisionMismatch { .. }) => {
+                    return Err(ApiError::PolicyRevisionMismatch { layer: true });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ApiError::UpdateInProgress { arn })
+    }
+
+    /// RemoveLayerVersionPermission.
+    pub fn remove_layer_version_permission(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+        sid: &str,
+        revision_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        check_statement_id(sid, false)?;
+        let (name, version, arn) = self.permission_layer_version(raw_name, raw_version)?;
+        for _ in 0..POLICY_ATTEMPTS {
+            let (current, mut document) = self
+                .layer_policy(&name, version, &arn)?
+                .ok_or(ApiError::PolicyNotFound)?;
+            if revision_id.is_some_and(|given| given != current) {
+                return Err(ApiError::PolicyRevisionMismatch { layer: true });
+            }
+            let before = document.statements.len();
+            document.statements.retain(|s| s.sid != sid);
+            if document.statements.len() == before {
+                return Err(ApiError::StatementNotFound {
+                    sid: sid.to_owned(),
+                });
+            }
+            match self.store.put_layer_version_policy(
+                &name,
+                version,
+                Some(&current),
+                Self::stored(&document).as_ref(),
+            ) {
+                Ok(()) => return Ok(()),
+                Err(StoreError::PolicyRevisionMismatch { .. }) if revision_id.is_none() => continue,
+                Err(StoreError::LayerVersionNotFound { .. }) => {
+                    return Err(ApiError::LayerVersionDoesNotExist { arn });
+                }
+                Err(StoreError::PolicyRevisionMismatch { .. }) => {
+                    return Err(ApiError::PolicyRevisionMismatch { layer: true });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ApiError::UpdateInProgress { arn })
+    }
+
+    /// GetLayerVersionPolicy.
+    pub fn get_layer_version_policy(
+        &self,
+        raw_name: &str,
+        raw_version: &str,
+    ) -> Result<PolicyResponse, ApiError> {
+        let (name, version, arn) = self.permission_layer_version(raw_name, raw_version)?;
+        let (revision_id, document) = self
+            .layer_policy(&name, version, &arn)?
+            .ok_or(ApiError::PolicyNotFound)?;
+        Ok(PolicyResponse {
+            policy: document.to_json(),
+            revision_id,
+        })
+    }
+
     /// Removes zips and extracted trees no version uses any more. Failures are logged and
     /// left for the next collection: they never fail the request that triggered it.
     pub fn collect_unused_code(&self) {
@@ -1350,4 +1736,97 @@ fn decode_marker(marker: &str) -> Result<ListPosition, ApiError> {
         function_name: marker.name,
         version_order: marker.order,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lamina_model::policy::Caller;
+    use lamina_store::SqliteStore;
+
+    fn control_plane() -> (ControlPlane, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let account = Account {
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        };
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let code = Arc::new(CodeStore::open(dir.path()).unwrap());
+        (ControlPlane::new(account, store, code), dir)
+    }
+
+    fn function(name: &str, qualifier: Option<&str>) -> FunctionRef {
+        FunctionRef {
+            name: name.into(),
+            qualifier: qualifier.map(str::to_owned),
+            region: None,
+            account_id: None,
+        }
+    }
+
+    #[test]
+    fn policy_allows_evaluates_the_policy_of_the_resource_named() {
+        let (cp, _dir) = control_plane();
+        cp.create_function(
+            serde_json::from_value(serde_json::json!({
+                "FunctionName": "f",
+                "Role": "arn:aws:iam::123456789012:role/r",
+                "Runtime": "provided.al2023",
+                "Code": {"ZipFile": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="},
+                "Publish": true
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        cp.add_permission(
+            &function("f", None),
+            serde_json::from_value(serde_json::json!({
+                "StatementId": "s3",
+                "Action": "lambda:InvokeFunction",
+                "Principal": "s3.amazonaws.com",
+                "SourceArn": "arn:aws:s3:::uploads"
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let resource = "arn:aws:lambda:us-east-1:123456789012:function:f";
+        let from_bucket = AccessRequest {
+            source_arn: Some("arn:aws:s3:::uploads"),
+            ..AccessRequest::new(
+                Caller::Service("s3.amazonaws.com"),
+                "lambda:InvokeFunction",
+                resource,
+            )
+        };
+        assert!(
+            cp.policy_allows(&function("f", None), &from_bucket)
+                .unwrap()
+        );
+        assert!(
+            !cp.policy_allows(
+                &function("f", None),
+                &AccessRequest {
+                    source_arn: Some("arn:aws:s3:::other"),
+                    ..from_bucket
+                }
+            )
+            .unwrap()
+        );
+        // Version 1 has no policy of its own; a missing function allows nothing.
+        let version_resource = format!("{resource}:1");
+        assert!(
+            !cp.policy_allows(
+                &function("f", Some("1")),
+                &AccessRequest {
+                    resource: &version_resource,
+                    ..from_bucket
+                }
+            )
+            .unwrap()
+        );
+        assert!(
+            !cp.policy_allows(&function("missing", None), &from_bucket)
+                .unwrap()
+        );
+    }
 }

@@ -5,6 +5,7 @@ pub mod alias;
 pub mod arn;
 pub mod function;
 pub mod layer;
+pub mod policy;
 pub mod runtime;
 pub mod validation;
 

@@ -46,6 +46,14 @@ pub enum StoreError {
     /// An alias may only point at versions that exist.
     #[error("version {version} of function {name} does not exist")]
     VersionNotFound { name: String, version: String },
+    /// A policy changed between being read and being replaced.
+    #[error("the policy of {resource} changed since revision {expected_revision_id:?} was read")]
+    PolicyRevisionMismatch {
+        resource: String,
+        expected_revision_id: Option<String>,
+    },
+    #[error("layer version {name}:{version} does not exist")]
+    LayerVersionNotFound { name: String, version: u64 },
     /// A version cannot be deleted while aliases route to it.
     #[error("version {version} of {name} is referenced by aliases {aliases:?}")]
     VersionInUse {
@@ -102,6 +110,13 @@ pub struct Published {
     /// False when `$LATEST` had not changed since the last publish: AWS then answers with
     /// that version instead of creating another.
     pub created: bool,
+}
+
+/// A resource-based policy as stored: its JSON document and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub revision_id: String,
+    pub document: String,
 }
 
 /// What deleting one published version found.
@@ -236,6 +251,42 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
     /// False if there was no such layer version. Functions that reference it keep their
     /// copy of its code.
     fn delete_layer_version(&self, layer_name: &str, version: u64) -> Result<bool, StoreError>;
+
+    /// The policy of a function (`qualifier` empty), one of its versions or one of its
+    /// aliases.
+    fn get_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Replaces that policy (`None` removes it) if its revision is still `expected` (`None`:
+    /// there is no policy yet). The function, version or alias must exist; its deletion
+    /// takes the policy along.
+    fn put_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError>;
+
+    /// The policy of a layer version; [`StoreError::LayerVersionNotFound`] if there is no
+    /// such layer version.
+    fn get_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Replaces a layer version's policy as [`MetadataStore::put_function_policy`] does.
+    fn put_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError>;
 
     /// Hex SHA-256 of every zip still needed: the code of every function version, the
     /// layers those versions reference (deleted layer versions included), and every layer

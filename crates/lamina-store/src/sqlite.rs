@@ -15,8 +15,8 @@ use lamina_model::{FunctionVersion, LATEST};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    AccountUsage, ListPosition, MetadataStore, PublishSpec, Published, StoreError, VersionDeletion,
-    version_order,
+    AccountUsage, ListPosition, MetadataStore, PublishSpec, Published, StoreError, StoredPolicy,
+    VersionDeletion, version_order,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -73,6 +73,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (layer_name, version)
     );
     ALTER TABLE function_versions ADD COLUMN layer_code TEXT NOT NULL DEFAULT '';
+",
+    // Resource-based policies. A function's own policy has the empty qualifier; those of
+    // versions and aliases are deleted with them (and all of them with the function).
+    "
+    CREATE TABLE function_policies (
+        function_name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        qualifier     TEXT NOT NULL,
+        revision_id   TEXT NOT NULL,
+        document      TEXT NOT NULL,
+        PRIMARY KEY (function_name, qualifier)
+    );
+    ALTER TABLE layer_versions ADD COLUMN policy TEXT;
+    ALTER TABLE layer_versions ADD COLUMN policy_revision TEXT;
 ",
 ];
 
@@ -565,6 +578,11 @@ impl MetadataStore for SqliteStore {
                 params![function_name, version],
             )
             .map_err(db("delete version"))?;
+        tx.execute(
+            "DELETE FROM function_policies WHERE function_name = ?1 AND qualifier = ?2",
+            params![function_name, version],
+        )
+        .map_err(db("delete version"))?;
         tx.commit().map_err(db("delete version"))?;
         Ok(if deleted > 0 {
             VersionDeletion::Deleted
@@ -678,14 +696,196 @@ impl MetadataStore for SqliteStore {
     }
 
     fn delete_alias(&self, function_name: &str, alias: &str) -> Result<bool, StoreError> {
-        let connection = self.lock();
-        let deleted = connection
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("delete alias"))?;
+        let deleted = tx
             .execute(
                 "DELETE FROM aliases WHERE function_name = ?1 AND name = ?2",
                 params![function_name, alias],
             )
             .map_err(db("delete alias"))?;
+        tx.execute(
+            "DELETE FROM function_policies WHERE function_name = ?1 AND qualifier = ?2",
+            params![function_name, alias],
+        )
+        .map_err(db("delete alias"))?;
+        tx.commit().map_err(db("delete alias"))?;
         Ok(deleted > 0)
+    }
+
+    fn get_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<StoredPolicy>, StoreError> {
+        let connection = self.lock();
+        connection
+            .query_row(
+                "SELECT revision_id, document FROM function_policies
+                  WHERE function_name = ?1 AND qualifier = ?2",
+                params![function_name, qualifier],
+                |row| {
+                    Ok(StoredPolicy {
+                        revision_id: row.get(0)?,
+                        document: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("get policy"))
+    }
+
+    fn put_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db("put policy"))?;
+        // The resource the policy belongs to must (still) exist.
+        if !function_exists(&tx, function_name).map_err(db("put policy"))? {
+            return Err(StoreError::NotFound {
+                name: function_name.to_owned(),
+            });
+        }
+        if !qualifier.is_empty() {
+            let is_version = lamina_model::arn::is_version_number(qualifier);
+            let query = if is_version {
+                "SELECT 1 FROM function_versions WHERE function_name = ?1 AND version = ?2"
+            } else {
+                "SELECT 1 FROM aliases WHERE function_name = ?1 AND name = ?2"
+            };
+            let exists = tx
+                .query_row(query, params![function_name, qualifier], |_| Ok(()))
+                .optional()
+                .map_err(db("put policy"))?
+                .is_some();
+            if !exists {
+                return Err(if is_version {
+                    StoreError::VersionNotFound {
+                        name: function_name.to_owned(),
+                        version: qualifier.to_owned(),
+                    }
+                } else {
+                    StoreError::AliasNotFound {
+                        name: function_name.to_owned(),
+                        alias: qualifier.to_owned(),
+                    }
+                });
+            }
+        }
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT revision_id FROM function_policies
+                  WHERE function_name = ?1 AND qualifier = ?2",
+                params![function_name, qualifier],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("put policy"))?;
+        if current.as_deref() != expected {
+            return Err(StoreError::PolicyRevisionMismatch {
+                resource: format!("{function_name}:{qualifier}"),
+                expected_revision_id: expected.map(str::to_owned),
+            });
+        }
+        match policy {
+            Some(policy) => tx.execute(
+                "INSERT INTO function_policies (function_name, qualifier, revision_id, document)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (function_name, qualifier)
+                 DO UPDATE SET revision_id = ?3, document = ?4",
+                params![
+                    function_name,
+                    qualifier,
+                    policy.revision_id,
+                    policy.document
+                ],
+            ),
+            None => tx.execute(
+                "DELETE FROM function_policies WHERE function_name = ?1 AND qualifier = ?2",
+                params![function_name, qualifier],
+            ),
+        }
+        .map_err(db("put policy"))?;
+        tx.commit().map_err(db("put policy"))
+    }
+
+    fn get_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<StoredPolicy>, StoreError> {
+        let connection = self.lock();
+        let row: Option<(Option<String>, Option<String>)> = connection
+            .query_row(
+                "SELECT policy_revision, policy FROM layer_versions
+                  WHERE layer_name = ?1 AND version = ?2",
+                params![layer_name, version as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(db("get layer policy"))?;
+        match row {
+            None => Err(StoreError::LayerVersionNotFound {
+                name: layer_name.to_owned(),
+                version,
+            }),
+            Some((Some(revision_id), Some(document))) => Ok(Some(StoredPolicy {
+                revision_id,
+                document,
+            })),
+            Some(_) => Ok(None),
+        }
+    }
+
+    fn put_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError> {
+        let connection = self.lock();
+        let updated = connection
+            .execute(
+                "UPDATE layer_versions SET policy_revision = ?4, policy = ?5
+                  WHERE layer_name = ?1 AND version = ?2 AND policy_revision IS ?3",
+                params![
+                    layer_name,
+                    version as i64,
+                    expected,
+                    policy.map(|p| &p.revision_id),
+                    policy.map(|p| &p.document),
+                ],
+            )
+            .map_err(db("put layer policy"))?;
+        if updated == 1 {
+            return Ok(());
+        }
+        // Nothing matched: the version is gone, or its policy moved on.
+        let exists = connection
+            .query_row(
+                "SELECT 1 FROM layer_versions WHERE layer_name = ?1 AND version = ?2",
+                params![layer_name, version as i64],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db("put layer policy"))?
+            .is_some();
+        Err(if exists {
+            StoreError::PolicyRevisionMismatch {
+                resource: format!("layer {layer_name}:{version}"),
+                expected_revision_id: expected.map(str::to_owned),
+            }
+        } else {
+            StoreError::LayerVersionNotFound {
+                name: layer_name.to_owned(),
+                version,
+            }
+        })
     }
 
     fn list_aliases(
@@ -1282,6 +1482,98 @@ mod tests {
                 .version,
             3
         );
+    }
+
+    fn policy(revision: &str) -> StoredPolicy {
+        StoredPolicy {
+            revision_id: revision.into(),
+            document: format!("{{\"rev\":\"{revision}\"}}"),
+        }
+    }
+
+    #[test]
+    fn policies_are_compare_and_swap_and_go_with_their_resource() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert!(matches!(
+            store.put_function_policy("f", "", None, Some(&policy("p1"))),
+            Err(StoreError::NotFound { .. })
+        ));
+        store
+            .create_function(&version("f", "r1"), &BTreeMap::new(), Some(&spec(1)))
+            .unwrap();
+        store.create_alias(&alias("live", "1", None, "a1")).unwrap();
+        for qualifier in ["", "1", "live"] {
+            store
+                .put_function_policy("f", qualifier, None, Some(&policy("p1")))
+                .unwrap();
+            assert!(matches!(
+                store.put_function_policy("f", qualifier, None, Some(&policy("p2"))),
+                Err(StoreError::PolicyRevisionMismatch { .. })
+            ));
+        }
+        assert!(matches!(
+            store.put_function_policy("f", "7", None, Some(&policy("p1"))),
+            Err(StoreError::VersionNotFound { .. })
+        ));
+        assert!(matches!(
+            store.put_function_policy("f", "beta", None, Some(&policy("p1"))),
+            Err(StoreError::AliasNotFound { .. })
+        ));
+        store
+            .put_function_policy("f", "", Some("p1"), Some(&policy("p2")))
+            .unwrap();
+        assert_eq!(
+            store.get_function_policy("f", "").unwrap(),
+            Some(policy("p2"))
+        );
+
+        // An alias or version takes its policy along.
+        assert!(store.delete_alias("f", "live").unwrap());
+        assert_eq!(store.get_function_policy("f", "live").unwrap(), None);
+        assert_eq!(
+            store.delete_version("f", "1").unwrap(),
+            VersionDeletion::Deleted
+        );
+        assert_eq!(store.get_function_policy("f", "1").unwrap(), None);
+        store
+            .put_function_policy("f", "", Some("p2"), None)
+            .unwrap();
+        assert_eq!(store.get_function_policy("f", "").unwrap(), None);
+        store
+            .put_function_policy("f", "", None, Some(&policy("p3")))
+            .unwrap();
+        assert!(store.delete_function("f").unwrap());
+        store
+            .create_function(&version("f", "r1"), &BTreeMap::new(), None)
+            .unwrap();
+        assert_eq!(store.get_function_policy("f", "").unwrap(), None);
+
+        // Layer versions.
+        assert!(matches!(
+            store.get_layer_version_policy("l", 1),
+            Err(StoreError::LayerVersionNotFound { .. })
+        ));
+        store.publish_layer_version(&layer("l", 'a')).unwrap();
+        assert_eq!(store.get_layer_version_policy("l", 1).unwrap(), None);
+        store
+            .put_layer_version_policy("l", 1, None, Some(&policy("q1")))
+            .unwrap();
+        assert!(matches!(
+            store.put_layer_version_policy("l", 1, Some("stale"), None),
+            Err(StoreError::PolicyRevisionMismatch { .. })
+        ));
+        assert_eq!(
+            store.get_layer_version_policy("l", 1).unwrap(),
+            Some(policy("q1"))
+        );
+        store
+            .put_layer_version_policy("l", 1, Some("q1"), None)
+            .unwrap();
+        assert_eq!(store.get_layer_version_policy("l", 1).unwrap(), None);
+        assert!(matches!(
+            store.put_layer_version_policy("l", 2, None, Some(&policy("q1"))),
+            Err(StoreError::LayerVersionNotFound { .. })
+        ));
     }
 
     #[test]
