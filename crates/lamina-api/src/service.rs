@@ -570,6 +570,10 @@ impl ControlPlane {
         };
         self.replace_latest(&updated, &current, request.revision_id.is_some(), None)?;
         self.version_changed(&updated.function_name, LATEST);
+        if request.settings.layers.is_some() {
+            // The old layers' merged /opt tree may be unused now.
+            self.collect_unused_code();
+        }
         Ok(updated.configuration(&self.account))
     }
 

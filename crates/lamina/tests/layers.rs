@@ -511,3 +511,39 @@ async fn function_code_and_layers_share_the_250_mb_unzipped_quota() {
         .await
         .expect("one layer fits");
 }
+
+#[tokio::test]
+async fn layered_functions_run_again_after_kill_9() {
+    let mut server = LaminaServer::start();
+    let client = server.client();
+    let bootstrap = std::fs::read(build_test_function()).unwrap();
+    let layer = publish_layer(
+        &client,
+        "runtime",
+        zip_of(&[
+            ("bootstrap", &bootstrap, 0o755),
+            ("lib/message.txt", b"survived", 0o644),
+        ]),
+    )
+    .await;
+    create_on_layers(&client, "layered", &[layer.layer_version_arn().unwrap()])
+        .await
+        .unwrap();
+    assert_text(&server, "layered", "/opt/lib/message.txt", "survived").await;
+
+    // An unclean stop discards the merged /opt trees (they were never flushed); the next
+    // cold start builds them again from the durable zips.
+    server.kill_hard();
+    let dir = server.take_data_dir();
+    let server = LaminaServer::start_in(dir.path());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("code/opt"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_text(&server, "layered", "/opt/lib/message.txt", "survived").await;
+    let client = server.client();
+    let again = publish_layer(&client, "runtime", zip_of(&[("x", b"x", 0o644)])).await;
+    assert_eq!(again.version(), 2, "the layer's version counter is durable");
+}

@@ -430,12 +430,25 @@ async fn published_versions_are_immutable_snapshots() {
 }
 
 #[tokio::test]
-async fn published_versions_survive_a_restart() {
+async fn versions_and_aliases_survive_kill_9() {
     let mut server = LaminaServer::start();
     let client = server.client();
     deploy(&client, "durable", "one", true).await;
     set_stage(&client, "durable", "two").await;
     assert_eq!(publish(&client, "durable").await, "2");
+    client
+        .create_alias()
+        .function_name("durable")
+        .name("live")
+        .function_version("1")
+        .routing_config(
+            aws_sdk_lambda::types::AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 1.0)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     server.kill_hard();
     let dir = server.take_data_dir();
     let server = LaminaServer::start_in(dir.path());
@@ -443,6 +456,11 @@ async fn published_versions_survive_a_restart() {
     assert_eq!(
         stage_of(&client, "durable:1", None).await,
         ("1".into(), "one".into())
+    );
+    // Weight 1.0: every invocation of the alias goes to the additional version.
+    assert_eq!(
+        stage_of(&client, "durable:live", None).await,
+        ("2".into(), "two".into())
     );
     set_stage(&client, "durable", "three").await;
     assert_eq!(publish(&client, "durable").await, "3");
