@@ -25,6 +25,35 @@ pub enum ApiError {
     RevisionMismatch,
     #[error("an update to {arn} is in progress")]
     UpdateInProgress { arn: String },
+    /// AWS's generic not-found answer (layer versions, policies).
+    #[error("the resource does not exist")]
+    ResourceNotFound,
+    /// A resource exists but has no policy (RemovePermission, layer versions).
+    #[error("no policy is associated with the resource")]
+    PolicyNotFound,
+    /// RemovePermission on a function that does not exist.
+    #[error("no policy found for {arn}")]
+    NoPolicyFor { arn: String },
+    #[error("statement {sid} is not in the policy")]
+    StatementNotFound { sid: String },
+    #[error("statement id {sid} already exists")]
+    StatementAlreadyExists { sid: String },
+    /// A policy revision given by the caller is not the current one; AWS names a different
+    /// API to call for layer policies.
+    #[error("the policy revision id given is not the latest")]
+    PolicyRevisionMismatch { layer: bool },
+    #[error("layer version {arn} does not exist")]
+    LayerVersionDoesNotExist { arn: String },
+    #[error("alias {arn} already exists")]
+    AliasAlreadyExists { arn: String },
+    /// GetAlias's wording of a missing alias.
+    #[error("cannot find alias {arn}")]
+    CannotFindAlias { arn: String },
+    /// UpdateAlias's wording of a missing alias.
+    #[error("alias not found: {arn}")]
+    AliasNotFound { arn: String },
+    #[error("the version is referenced by aliases {aliases:?}")]
+    VersionReferencedByAliases { aliases: Vec<String> },
     #[error("request body of {size:?} bytes exceeds the {limit}-byte limit of {operation}")]
     BodyTooLarge {
         operation: &'static str,
@@ -110,14 +139,7 @@ impl ApiError {
             ApiError::Request(not_implemented @ RequestError::NotImplemented { .. }) => {
                 not_implemented_error(not_implemented.to_string())
             }
-            ApiError::FunctionNotFound { arn } => AwsError {
-                message_key: "Message",
-                ..user(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    format!("Function not found: {arn}"),
-                )
-            },
+            ApiError::FunctionNotFound { arn } => not_found(format!("Function not found: {arn}")),
             ApiError::FunctionAlreadyExists { name } => user(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",
@@ -136,6 +158,55 @@ impl ApiError {
                 format!(
                     "The operation cannot be performed at this time. An update is in progress \
                      for resource: {arn}"
+                ),
+            ),
+            ApiError::ResourceNotFound => {
+                not_found("The resource you requested does not exist.".to_owned())
+            }
+            ApiError::PolicyNotFound => {
+                not_found("No policy is associated with the given resource.".to_owned())
+            }
+            ApiError::NoPolicyFor { arn } => not_found(format!("No policy found for: {arn}")),
+            ApiError::StatementNotFound { sid } => {
+                not_found(format!("Statement {sid} is not found in resource policy."))
+            }
+            ApiError::StatementAlreadyExists { sid } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!(
+                    "The statement id ({sid}) provided already exists. Please provide a new \
+                     statement id, or remove the existing statement."
+                ),
+            ),
+            ApiError::PolicyRevisionMismatch { layer } => user(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailedException",
+                format!(
+                    "The Revision Id provided does not match the latest Revision Id. Call the \
+                     {} API to retrieve the latest Revision Id",
+                    if *layer {
+                        "GetLayerPolicy"
+                    } else {
+                        "GetPolicy"
+                    }
+                ),
+            ),
+            ApiError::LayerVersionDoesNotExist { arn } => {
+                not_found(format!("Layer version {arn} does not exist."))
+            }
+            ApiError::AliasAlreadyExists { arn } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!("Alias already exists: {arn}"),
+            ),
+            ApiError::CannotFindAlias { arn } => not_found(format!("Cannot find alias arn: {arn}")),
+            ApiError::AliasNotFound { arn } => not_found(format!("Alias not found: {arn}")),
+            ApiError::VersionReferencedByAliases { aliases } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!(
+                    "Unable to delete version because the following aliases reference it: [{}]",
+                    aliases.join(", ")
                 ),
             ),
             ApiError::BodyTooLarge {
@@ -198,6 +269,29 @@ impl ApiError {
                          [{minimum_unreserved}]."
                     ),
                 ),
+                StoreError::VersionInUse { aliases, .. } => ApiError::VersionReferencedByAliases {
+                    aliases: aliases.clone(),
+                }
+                .aws_error(),
+                // The service words these with full ARNs; these arms are the fallback.
+                StoreError::AliasAlreadyExists { name, alias } => user(
+                    StatusCode::CONFLICT,
+                    "ResourceConflictException",
+                    format!("Alias already exists: {name}:{alias}"),
+                ),
+                StoreError::AliasNotFound { name, alias } => {
+                    not_found(format!("Alias not found: {name}:{alias}"))
+                }
+                StoreError::AliasRevisionMismatch { .. } => ApiError::RevisionMismatch.aws_error(),
+                StoreError::VersionNotFound { name, version } => {
+                    not_found(format!("Function not found: {name}:{version}"))
+                }
+                StoreError::PolicyRevisionMismatch { .. } => {
+                    ApiError::PolicyRevisionMismatch { layer: false }.aws_error()
+                }
+                StoreError::LayerVersionNotFound { name, version } => {
+                    not_found(format!("Layer version {name}:{version} does not exist."))
+                }
                 StoreError::Database { .. } | StoreError::Corrupt { .. } => {
                     service_error(store.to_string())
                 }
@@ -259,6 +353,14 @@ impl ApiError {
             ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
+    }
+}
+
+/// `ResourceNotFoundException`, whose shape spells its message key `Message`.
+fn not_found(message: String) -> AwsError {
+    AwsError {
+        message_key: "Message",
+        ..user(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
     }
 }
 

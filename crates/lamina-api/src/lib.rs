@@ -93,6 +93,44 @@ pub fn router(state: AppState) -> Router {
             "/2019-09-30/functions/{name}/concurrency",
             get(concurrency::get_function_concurrency),
         )
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(publish_version).get(list_versions_by_function),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(add_permission).get(get_policy),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{sid}",
+            axum::routing::delete(remove_permission),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(create_alias).get(list_aliases),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(get_alias).put(update_alias).delete(delete_alias),
+        )
+        .route("/2018-10-31/layers", get(list_layers_or_find))
+        .route("/2018-10-31/layers/", get(list_layers_or_find))
+        .route(
+            "/2018-10-31/layers/{layer}/versions",
+            post(publish_layer_version).get(list_layer_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}",
+            get(get_layer_version).delete(delete_layer_version),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy",
+            post(add_layer_version_permission).get(get_layer_version_policy),
+        )
+        .route(
+            "/2018-10-31/layers/{layer}/versions/{version}/policy/{sid}",
+            axum::routing::delete(remove_layer_version_permission),
+        )
         .route("/2016-08-19/account-settings", get(get_account_settings))
         .route("/2016-08-19/account-settings/", get(get_account_settings))
         .route(
@@ -246,17 +284,11 @@ async fn get_function(
         cp.get_function(&function)
     })
     .await?;
-    // AWS hands out a presigned S3 URL; Lamina serves the stored zip itself, at the
-    // address the caller already reached it by.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
     let response = GetFunctionResponse {
         configuration: details.configuration,
         code: CodeLocation {
             repository_type: "S3",
-            location: format!("http://{host}/lamina/code/{}.zip", details.code_sha256_hex),
+            location: code_location(&headers, &details.code_sha256_hex),
         },
         tags: details.tags,
         concurrency: details
@@ -266,6 +298,16 @@ async fn get_function(
             }),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Where a stored zip can be downloaded. AWS hands out a presigned S3 URL; Lamina serves
+/// the zip itself, at the address the caller already reached it by.
+fn code_location(headers: &HeaderMap, sha256_hex: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/lamina/code/{sha256_hex}.zip")
 }
 
 async fn get_function_configuration(
@@ -327,6 +369,285 @@ async fn delete_function(
     blocking(move || {
         let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
         cp.delete_function(&function)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn publish_version(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "PublishVersion", DEFAULT_REQUEST_LIMIT).await?;
+    let configuration = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.publish_version(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &configuration))
+}
+
+async fn list_versions_by_function(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let marker = query_value(&pairs, "Marker");
+    let max_items = query_value(&pairs, "MaxItems");
+    let page = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::Namespaced)?;
+        cp.list_versions_by_function(&function, marker.as_deref(), max_items.as_deref())
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn create_alias(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "CreateAlias", DEFAULT_REQUEST_LIMIT).await?;
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.create_alias(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &alias))
+}
+
+async fn list_aliases(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let query = service::ListAliasesQuery {
+        function_version: query_value(&pairs, "FunctionVersion"),
+        marker: query_value(&pairs, "Marker"),
+        max_items: query_value(&pairs, "MaxItems"),
+    };
+    let page = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.list_aliases(&function, &query)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn get_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.get_alias(&function, &alias)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &alias))
+}
+
+async fn update_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "UpdateAlias", DEFAULT_REQUEST_LIMIT).await?;
+    let alias = blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.update_alias(&function, &alias, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &alias))
+}
+
+async fn delete_alias(
+    State(cp): State<Shared>,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        let function = cp.resolve(&name, None, NameShape::FunctionName)?;
+        cp.delete_alias(&function, &alias)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn layer_response(
+    cp: &ControlPlane,
+    headers: &HeaderMap,
+    layer: &lamina_model::layer::LayerVersion,
+) -> lamina_model::layer::LayerVersionResponse {
+    layer.response(cp.account(), code_location(headers, &layer.code.sha256_hex))
+}
+
+async fn publish_layer_version(
+    State(cp): State<Shared>,
+    Path(layer): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, body, "PublishLayerVersion", CODE_REQUEST_LIMIT).await?;
+    let control_plane = cp.clone();
+    let published = blocking(move || control_plane.publish_layer_version(&layer, request)).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &layer_response(&cp, &headers, &published),
+    ))
+}
+
+fn layers_query(pairs: &[(String, String)]) -> service::ListLayersQuery {
+    service::ListLayersQuery {
+        compatible_runtime: query_value(pairs, "CompatibleRuntime"),
+        compatible_architecture: query_value(pairs, "CompatibleArchitecture"),
+        marker: query_value(pairs, "Marker"),
+        max_items: query_value(pairs, "MaxItems"),
+    }
+}
+
+/// `GET /2018-10-31/layers` is ListLayers, and with `find=LayerVersion` GetLayerVersionByArn.
+async fn list_layers_or_find(
+    State(cp): State<Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    if query_value(&pairs, "find").as_deref() == Some("LayerVersion") {
+        let arn = query_value(&pairs, "Arn");
+        let control_plane = cp.clone();
+        let layer =
+            blocking(move || control_plane.get_layer_version_by_arn(arn.as_deref())).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &layer_response(&cp, &headers, &layer),
+        ));
+    }
+    let query = layers_query(&pairs);
+    let page = blocking(move || cp.list_layers(&query)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn list_layer_versions(
+    State(cp): State<Shared>,
+    Path(layer): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = layers_query(&query_pairs(query)?);
+    let page = blocking(move || cp.list_layer_versions(&layer, &query)).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+async fn get_layer_version(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let control_plane = cp.clone();
+    let found = blocking(move || control_plane.get_layer_version(&layer, &version)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &layer_response(&cp, &headers, &found),
+    ))
+}
+
+async fn delete_layer_version(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    blocking(move || cp.delete_layer_version(&layer, &version)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_permission(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let request = json_body(&headers, body, "AddPermission", DEFAULT_REQUEST_LIMIT).await?;
+    let statement = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.add_permission(&function, request)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &statement))
+}
+
+async fn get_policy(
+    State(cp): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let qualifier = query_value(&query_pairs(query)?, "Qualifier");
+    let policy = blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.get_policy(&function)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &policy))
+}
+
+async fn remove_permission(
+    State(cp): State<Shared>,
+    Path((name, sid)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query)?;
+    let qualifier = query_value(&pairs, "Qualifier");
+    let revision_id = query_value(&pairs, "RevisionId");
+    blocking(move || {
+        let function = cp.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
+        cp.remove_permission(&function, &sid, revision_id.as_deref())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_layer_version_permission(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let revision_id = query_value(&query_pairs(query)?, "RevisionId");
+    let request = json_body(
+        &headers,
+        body,
+        "AddLayerVersionPermission",
+        DEFAULT_REQUEST_LIMIT,
+    )
+    .await?;
+    let statement = blocking(move || {
+        cp.add_layer_version_permission(&layer, &version, request, revision_id.as_deref())
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &statement))
+}
+
+async fn get_layer_version_policy(
+    State(cp): State<Shared>,
+    Path((layer, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let policy = blocking(move || cp.get_layer_version_policy(&layer, &version)).await?;
+    Ok(json_response(StatusCode::OK, &policy))
+}
+
+async fn remove_layer_version_permission(
+    State(cp): State<Shared>,
+    Path((layer, version, sid)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let revision_id = query_value(&query_pairs(query)?, "RevisionId");
+    blocking(move || {
+        cp.remove_layer_version_permission(&layer, &version, &sid, revision_id.as_deref())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -15,23 +15,23 @@ use crate::log_relay::LogRelay;
 use crate::{EngineError, InitTiming};
 
 /// Counts the environments using each code tree, so that code garbage collection leaves
-/// alone trees still mounted at some environment's `/var/task`.
+/// alone trees still mounted at some environment's `/var/task` or `/opt` (and the layer
+/// trees an `/opt` is merged from).
 #[derive(Debug, Default)]
 pub struct CodeInUse {
     counts: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl CodeInUse {
-    pub fn lease(self: &Arc<Self>, sha256_hex: &str) -> CodeLease {
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(sha256_hex.to_owned())
-            .or_default() += 1;
+    /// Claims every tree in `keys` (code digests, merged `/opt` keys) until the lease drops.
+    pub fn lease(self: &Arc<Self>, keys: Vec<String>) -> CodeLease {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &keys {
+            *counts.entry(key.clone()).or_default() += 1;
+        }
         CodeLease {
             registry: self.clone(),
-            sha256_hex: sha256_hex.to_owned(),
+            keys,
         }
     }
 
@@ -45,11 +45,11 @@ impl CodeInUse {
     }
 }
 
-/// One environment's claim on a code tree; released when the environment is dropped.
+/// One environment's claim on its code trees; released when the environment is dropped.
 #[derive(Debug)]
 pub struct CodeLease {
     registry: Arc<CodeInUse>,
-    sha256_hex: String,
+    keys: Vec<String>,
 }
 
 impl Drop for CodeLease {
@@ -59,10 +59,12 @@ impl Drop for CodeLease {
             .counts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.sha256_hex) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.sha256_hex);
+        for key in &self.keys {
+            if let Some(count) = counts.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(key);
+                }
             }
         }
     }
@@ -99,10 +101,12 @@ pub struct StartContext {
 impl Environment {
     /// Starts the sandboxed process tree (blocking: call on the blocking pool from a
     /// runtime context) and wires its Runtime API, exit watcher and log relay.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         sandbox: &Arc<dyn Sandbox>,
         version: &FunctionVersion,
         task_dir: &Path,
+        opt_dir: Option<&Path>,
         context: &StartContext,
         logs: &lamina_logs::LogSink,
         runtime: &tokio::runtime::Handle,
@@ -114,18 +118,25 @@ impl Environment {
                 runtime: runtime_name,
             });
         }
-        // The sandbox mounts the task directory at /var/task; layers (/opt) arrive later.
-        if std::fs::symlink_metadata(task_dir.join("bootstrap")).is_err() {
+        // The sandbox mounts the task directory at /var/task and the merged layers at /opt;
+        // the function's own bootstrap wins over one a layer provides.
+        let bootstrap = if std::fs::symlink_metadata(task_dir.join("bootstrap")).is_ok() {
+            BOOTSTRAP_PATHS[0]
+        } else if opt_dir
+            .is_some_and(|opt| std::fs::symlink_metadata(opt.join("bootstrap")).is_ok())
+        {
+            BOOTSTRAP_PATHS[1]
+        } else {
             return Err(EngineError::MissingBootstrap);
-        }
+        };
         let spec = EnvironmentSpec {
             environment_id: context.environment_id.clone(),
             task_dir: task_dir.to_owned(),
-            opt_dir: None,
+            opt_dir: opt_dir.map(Path::to_owned),
             runtime_mounts: Vec::new(),
             memory_mb: version.settings.memory_mb,
             ephemeral_storage_mb: version.settings.ephemeral_storage_mb,
-            argv: vec![BOOTSTRAP_PATHS[0].to_owned()],
+            argv: vec![bootstrap.to_owned()],
             env: environment_variables(version, context, &runtime_name),
             cwd: "/var/task".to_owned(),
         };

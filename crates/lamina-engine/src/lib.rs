@@ -11,9 +11,17 @@
 //! invoke starts afresh. Idle environments are reaped after their keep-alive (see
 //! [`keep_alive`]).
 //!
-//! A change to a function (new code or configuration, deletion) retires its slots: idle
-//! environments are destroyed at once, busy ones when their invocation ends, so no invoke
-//! is routed to an environment of an older configuration.
+//! A change to a function retires the slots it affects: an update of `$LATEST` retires
+//! only `$LATEST` (published versions are immutable, so their warm environments stay), a
+//! deleted version its own slot, a deleted function all of them. Idle environments are
+//! destroyed at once, busy ones when their invocation ends, so no invoke is routed to an
+//! environment of an older configuration.
+//!
+//! # Aliases
+//! An invoke that names an alias is routed by the alias's [`AliasRoute`], cached like the
+//! slots (loaded from the store on a miss, dropped by [`Engine::alias_changed`]): the
+//! primary version, or with probability `weight` the additional one, picked with a cheap
+//! thread-local RNG. Alias resolution costs a map lookup, not a database read.
 //!
 //! # The hot path
 //! A warm invoke touches no database and spawns nothing: a read-locked map lookup, a
@@ -34,7 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lamina_logs::LogSink;
-use lamina_model::{Account, FunctionVersion, LATEST};
+use lamina_model::alias::Alias;
+use lamina_model::{Account, FunctionVersion, LATEST, Qualifier};
 use lamina_runtime_api::{InitState, Invocation, InvocationOutcome};
 use lamina_sandbox::{EnvironmentExit, Sandbox, SandboxError};
 use lamina_store::{CodeError, CodeStore, MetadataStore, StoreError};
@@ -134,6 +143,34 @@ struct VersionSlot {
     idle_times: IdleTimes,
 }
 
+/// Where an alias sends invocations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasRoute {
+    pub primary: String,
+    /// The additional version and the share of invocations it receives.
+    pub additional: Option<(String, f64)>,
+}
+
+impl AliasRoute {
+    pub fn of(alias: &Alias) -> AliasRoute {
+        AliasRoute {
+            primary: alias.function_version.clone(),
+            additional: alias
+                .additional
+                .as_ref()
+                .map(|a| (a.version.clone(), a.weight)),
+        }
+    }
+
+    /// The version one invocation runs, given a uniform sample from `[0, 1)`.
+    pub fn pick(&self, sample: f64) -> &str {
+        match &self.additional {
+            Some((version, weight)) if sample < *weight => version,
+            _ => &self.primary,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
@@ -142,7 +179,9 @@ pub struct Engine {
     sandbox: Arc<dyn Sandbox>,
     logs: LogSink,
     slots: RwLock<HashMap<(String, String), Arc<VersionSlot>>>,
-    /// Bumped (under the `slots` write lock) by every function change, so a version read
+    /// `(function, alias)` → where the alias routes.
+    aliases: RwLock<HashMap<(String, String), Arc<AliasRoute>>>,
+    /// Bumped (under the `slots` or `aliases` write lock) by every change, so a record read
     /// from the store while a change lands is not cached over the change.
     generation: AtomicU64,
     code_in_use: Arc<CodeInUse>,
@@ -249,6 +288,7 @@ impl Engine {
             sandbox,
             logs,
             slots: RwLock::new(HashMap::new()),
+            aliases: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             code_in_use: Arc::default(),
             environments_started: AtomicU64::new(0),
@@ -378,15 +418,39 @@ impl Engine {
         }
     }
 
-    /// Forgets everything cached about `function_name` and destroys its idle
-    /// environments; busy ones are destroyed when their invocation ends.
+    /// Forgets everything cached about `function_name` (it was deleted, or changed in a
+    /// way that touches every version) and destroys its idle environments; busy ones are
+    /// destroyed when their invocation ends.
     pub fn function_changed(&self, function_name: &str) {
+        {
+            let mut aliases = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            aliases.retain(|(name, _), _| name != function_name);
+        }
+        self.retire(|name, _| name == function_name);
+    }
+
+    /// Forgets an alias's routing: it was created, updated or deleted.
+    pub fn alias_changed(&self, function_name: &str, alias: &str) {
+        let mut aliases = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        aliases.remove(&(function_name.to_owned(), alias.to_owned()));
+    }
+
+    /// Forgets one version of a function: `$LATEST` after an update, or a published
+    /// version that was deleted. Published versions are immutable, so an update of
+    /// `$LATEST` leaves their warm environments alone.
+    pub fn version_changed(&self, function_name: &str, version: &str) {
+        self.retire(|name, v| name == function_name && v == version);
+    }
+
+    fn retire(&self, matches: impl Fn(&str, &str) -> bool) {
         let retired: Vec<Arc<VersionSlot>> = {
             let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
             self.generation.fetch_add(1, Ordering::SeqCst);
             let keys: Vec<_> = slots
                 .keys()
-                .filter(|(name, _)| name == function_name)
+                .filter(|(name, version)| matches(name, version))
                 .cloned()
                 .collect();
             keys.into_iter().filter_map(|k| slots.remove(&k)).collect()
@@ -425,6 +489,62 @@ impl Engine {
                 environment.destroy();
             }
         }
+    }
+
+    /// Where `alias` routes, from the cache or (on a miss) the store.
+    async fn alias_route(&self, name: &str, alias: &str) -> Result<Arc<AliasRoute>, EngineError> {
+        let key = (name.to_owned(), alias.to_owned());
+        if let Some(route) = self
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(route.clone());
+        }
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let store = self.store.clone();
+            let (lookup_name, lookup_alias) = key.clone();
+            let found =
+                tokio::task::spawn_blocking(move || store.get_alias(&lookup_name, &lookup_alias))
+                    .await
+                    .map_err(|e| EngineError::Internal {
+                        detail: e.to_string(),
+                    })??;
+            let Some(found) = found else {
+                return Err(EngineError::FunctionNotFound {
+                    arn: self
+                        .config
+                        .account
+                        .qualified_function_arn(name, Some(alias)),
+                });
+            };
+            let mut aliases = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+            if self.generation.load(Ordering::SeqCst) != generation {
+                continue;
+            }
+            let route = aliases
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(AliasRoute::of(&found)));
+            return Ok(route.clone());
+        }
+    }
+
+    /// The version an invocation of `qualifier` runs.
+    async fn resolve_version(
+        &self,
+        name: &str,
+        qualifier: Option<&str>,
+    ) -> Result<String, EngineError> {
+        Ok(match Qualifier::of(qualifier) {
+            Qualifier::Latest => LATEST.to_owned(),
+            Qualifier::Version(version) => version.to_owned(),
+            Qualifier::Alias(alias) => {
+                let route = self.alias_route(name, alias).await?;
+                route.pick(fastrand::f64()).to_owned()
+            }
+        })
     }
 
     async fn slot(&self, name: &str, version: &str) -> Result<Arc<VersionSlot>, EngineError> {
@@ -490,17 +610,41 @@ impl Engine {
         let logs = self.logs.clone();
         let version = slot.version.clone();
         let runtime = tokio::runtime::Handle::current();
-        // Leased before the tree is located, so collection cannot remove it in between.
-        let code_lease = self.code_in_use.lease(&version.code.sha256_hex);
+        let layers: Vec<String> = version
+            .settings
+            .layers
+            .iter()
+            .map(|layer| layer.sha256_hex.clone())
+            .collect();
+        // Leased before the trees are located (or merged), so collection cannot remove
+        // them in between.
+        let mut leased = vec![version.code.sha256_hex.clone()];
+        if !layers.is_empty() {
+            leased.push(CodeStore::opt_key(&layers));
+            leased.extend(layers.iter().cloned());
+        }
+        let code_lease = self.code_in_use.lease(leased);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let task_dir = code.extracted_dir(&version.code.sha256_hex)?;
+            let opt_dir = if layers.is_empty() {
+                None
+            } else {
+                Some(code.opt_dir(&layers)?)
+            };
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "code located"
             );
             let environment = Environment::start(
-                &sandbox, &version, &task_dir, &context, &logs, &runtime, code_lease,
+                &sandbox,
+                &version,
+                &task_dir,
+                opt_dir.as_deref(),
+                &context,
+                &logs,
+                &runtime,
+                code_lease,
             );
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
@@ -516,10 +660,9 @@ impl Engine {
 
     /// A synchronous (`RequestResponse`) invocation.
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResult, EngineError> {
-        let version_name = request
-            .qualifier
-            .clone()
-            .unwrap_or_else(|| LATEST.to_owned());
+        let version_name = self
+            .resolve_version(&request.function_name, request.qualifier.as_deref())
+            .await?;
         let slot = self.slot(&request.function_name, &version_name).await?;
         // Held until the invocation has answered and its environment is back in the pool.
         let _permit = self
@@ -818,5 +961,38 @@ impl Engine {
             function_error: Some("Unhandled"),
             log_tail: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_split_by_weight() {
+        let route = AliasRoute {
+            primary: "1".into(),
+            additional: Some(("2".into(), 0.1)),
+        };
+        assert_eq!(route.pick(0.05), "2");
+        assert_eq!(route.pick(0.1), "1");
+        assert_eq!(route.pick(0.99), "1");
+        let picked_additional = (0..10_000)
+            .filter(|_| route.pick(fastrand::f64()) == "2")
+            .count();
+        assert!(
+            (800..1200).contains(&picked_additional),
+            "{picked_additional}"
+        );
+        let whole = AliasRoute {
+            primary: "1".into(),
+            additional: Some(("2".into(), 1.0)),
+        };
+        assert_eq!(whole.pick(0.999_999), "2");
+        let none = AliasRoute {
+            primary: "$LATEST".into(),
+            additional: None,
+        };
+        assert_eq!(none.pick(0.0), "$LATEST");
     }
 }

@@ -66,6 +66,30 @@ impl NameShape {
     }
 }
 
+/// What a qualifier names: the unpublished version, a published version (digits only; an
+/// alias name can never be all digits), or an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qualifier<'a> {
+    Latest,
+    Version(&'a str),
+    Alias(&'a str),
+}
+
+impl<'a> Qualifier<'a> {
+    pub fn of(qualifier: Option<&'a str>) -> Qualifier<'a> {
+        match qualifier {
+            None | Some(crate::function::LATEST) => Qualifier::Latest,
+            Some(q) if is_version_number(q) => Qualifier::Version(q),
+            Some(alias) => Qualifier::Alias(alias),
+        }
+    }
+}
+
+/// A published version's name: decimal digits.
+pub fn is_version_number(qualifier: &str) -> bool {
+    !qualifier.is_empty() && qualifier.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The longest bare function name AWS accepts; the shape's larger limit applies to ARNs.
 pub const MAX_FUNCTION_NAME_LEN: usize = 64;
 
@@ -121,6 +145,11 @@ impl FunctionRef {
                 .get(8)
                 .map(|m| m.as_str().trim_end_matches(':').to_owned()),
         })
+    }
+
+    /// What the qualifier names.
+    pub fn qualifier_kind(&self) -> Qualifier<'_> {
+        Qualifier::of(self.qualifier.as_deref())
     }
 
     /// Whether an ARN given by the caller names this server's region and account (a bare
@@ -213,6 +242,15 @@ mod tests {
                 .message
                 .ends_with("Member must have length less than or equal to 64")
         );
+    }
+
+    #[test]
+    fn qualifiers_are_versions_or_aliases() {
+        assert_eq!(Qualifier::of(None), Qualifier::Latest);
+        assert_eq!(Qualifier::of(Some("$LATEST")), Qualifier::Latest);
+        assert_eq!(Qualifier::of(Some("12")), Qualifier::Version("12"));
+        assert_eq!(Qualifier::of(Some("live")), Qualifier::Alias("live"));
+        assert_eq!(Qualifier::of(Some("2024-01")), Qualifier::Alias("2024-01"));
     }
 
     #[test]

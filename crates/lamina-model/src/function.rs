@@ -113,10 +113,18 @@ pub struct FunctionSettings {
     pub dead_letter_target_arn: Option<String>,
 }
 
+/// A layer version a function references. The code's digest is kept with the reference,
+/// so a function keeps running with a layer version that was deleted after it was added,
+/// as on AWS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRef {
     pub arn: String,
     pub code_size: u64,
+    /// Hex SHA-256 of the layer's zip: its key in the code store.
+    #[serde(default)]
+    pub sha256_hex: String,
+    #[serde(default)]
+    pub unzipped_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,14 +254,28 @@ impl FunctionSettings {
 }
 
 impl FunctionVersion {
-    /// The `FunctionConfiguration` AWS answers with for this version.
+    /// Whether this is a published (immutable, numbered) version.
+    pub fn is_published(&self) -> bool {
+        self.version != LATEST
+    }
+
+    /// The `FunctionConfiguration` AWS answers with for this version, named by its own
+    /// ARN: unqualified for `$LATEST`, `:N` for a published version.
     pub fn configuration(&self, account: &Account) -> FunctionConfiguration {
+        let qualifier = self.is_published().then_some(self.version.as_str());
+        self.configuration_as(account, qualifier)
+    }
+
+    /// The configuration with `FunctionArn` qualified as the caller named the function:
+    /// AWS echoes the qualifier it was asked for (`:$LATEST`, `:7`, `:live`), and answers
+    /// an unqualified name with the unqualified ARN.
+    pub fn configuration_as(
+        &self,
+        account: &Account,
+        arn_qualifier: Option<&str>,
+    ) -> FunctionConfiguration {
         let settings = &self.settings;
-        let arn = if self.version == LATEST {
-            account.function_arn(&self.function_name)
-        } else {
-            account.qualified_function_arn(&self.function_name, Some(&self.version))
-        };
+        let arn = account.qualified_function_arn(&self.function_name, arn_qualifier);
         FunctionConfiguration {
             function_name: self.function_name.clone(),
             function_arn: arn,
@@ -447,6 +469,41 @@ pub struct UpdateFunctionCodeRequest {
     #[serde(rename = "SourceKMSKeyArn")]
     pub source_kms_key_arn: Option<String>,
     pub publish_to: Option<String>,
+}
+
+/// PublishVersion's body.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PublishVersionRequest {
+    pub code_sha256: Option<String>,
+    pub description: Option<String>,
+    pub revision_id: Option<String>,
+    pub publish_to: Option<String>,
+}
+
+impl PublishVersionRequest {
+    pub fn validate(&self) -> Result<(), RequestError> {
+        let mut violations = Violations::new();
+        if let Some(description) = &self.description {
+            violations.length("description", description, 0, 256);
+        }
+        if let Some(publish_to) = &self.publish_to {
+            violations.one_of("publishTo", publish_to, &["LATEST_PUBLISHED"]);
+        }
+        violations.into_result()?;
+        if self.publish_to.is_some() {
+            return Err(not_implemented("PublishTo"));
+        }
+        Ok(())
+    }
+}
+
+/// The message AWS answers when `CodeSha256` does not match what `$LATEST` runs.
+pub fn code_sha256_mismatch(given: &str, current: &str) -> RequestError {
+    RequestError::InvalidParameter(format!(
+        "CodeSHA256 ({given}) is different from current CodeSHA256 in $LATEST ({current}). \
+         Please try again with the CodeSHA256 in $LATEST."
+    ))
 }
 
 /// Records `Member must not be null` for a required member AWS found missing.

@@ -1,12 +1,15 @@
 //! Lamina's domain model: the AWS Lambda wire shapes, their validation, function names
 //! and ARNs. No I/O happens here, so everything in this crate is testable in isolation.
 
+pub mod alias;
 pub mod arn;
 pub mod function;
+pub mod layer;
+pub mod policy;
 pub mod runtime;
 pub mod validation;
 
-pub use arn::{Account, FunctionRef, NameShape};
+pub use arn::{Account, FunctionRef, NameShape, Qualifier};
 pub use function::{FunctionConfiguration, FunctionVersion, LATEST, RequestError};
 pub use validation::{ValidationError, Violations};
 

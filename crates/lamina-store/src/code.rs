@@ -6,9 +6,15 @@
 //! ```text
 //! ROOT/
 //!   blobs/<sha256hex>.zip      the zip exactly as uploaded; GetFunction serves it
-//!   extracted/<sha256hex>/     the unpacked tree, bind-mounted as /var/task or /opt
+//!   extracted/<sha256hex>/     the unpacked tree, bind-mounted as /var/task
+//!   opt/<key>/                 the layers of a function merged in order, bind-mounted as /opt
 //!   tmp/                       scratch: half-written blobs and trees, trash being deleted
 //! ```
+//!
+//! An `opt/` tree is named by [`CodeStore::opt_key`], the SHA-256 of the ordered list of
+//! layer digests it merges. It is built from the layers' extracted trees, in order, later
+//! layers replacing what earlier ones put at the same path (as `/opt` on AWS), and like
+//! an extracted tree it is a cache: discarded after an unclean stop, rebuilt on demand.
 //!
 //! `<sha256hex>` is 64 lower-case hex digits, the SHA-256 of the zip bytes (AWS's
 //! `CodeSha256` is the base64 of the same digest). The same zip is stored once however
@@ -94,6 +100,7 @@ use zip::read::ZipFileEntry;
 
 const BLOBS_DIR: &str = "blobs";
 const EXTRACTED_DIR: &str = "extracted";
+const OPT_DIR: &str = "opt";
 const SCRATCH_DIR: &str = "tmp";
 const CLEAN_MARKER: &str = "clean-shutdown";
 
@@ -216,6 +223,7 @@ fn corrupt(error: impl std::fmt::Display) -> CodeError {
 pub struct CodeStore {
     blobs: PathBuf,
     extracted: PathBuf,
+    opt: PathBuf,
     scratch: PathBuf,
     /// Present only between a clean shutdown and the next open.
     clean_marker: PathBuf,
@@ -234,10 +242,11 @@ impl CodeStore {
         let store = CodeStore {
             blobs: root.join(BLOBS_DIR),
             extracted: root.join(EXTRACTED_DIR),
+            opt: root.join(OPT_DIR),
             scratch: root.join(SCRATCH_DIR),
             clean_marker: root.join(CLEAN_MARKER),
         };
-        for dir in [&store.blobs, &store.extracted, &store.scratch] {
+        for dir in [&store.blobs, &store.extracted, &store.opt, &store.scratch] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         let was_clean = store.clean_marker.exists();
@@ -247,11 +256,13 @@ impl CodeStore {
             fsync_dir(root)?;
         } else {
             let mut discarded = 0usize;
-            for entry in fs::read_dir(&store.extracted).map_err(io_error(&store.extracted))? {
-                let entry = entry.map_err(io_error(&store.extracted))?;
-                let trash = store.scratch_path("trash");
-                fs::rename(entry.path(), &trash).map_err(io_error(&entry.path()))?;
-                discarded += 1;
+            for trees in [&store.extracted, &store.opt] {
+                for entry in fs::read_dir(trees).map_err(io_error(trees))? {
+                    let entry = entry.map_err(io_error(trees))?;
+                    let trash = store.scratch_path("trash");
+                    fs::rename(entry.path(), &trash).map_err(io_error(&entry.path()))?;
+                    discarded += 1;
+                }
             }
             if discarded > 0 {
                 tracing::info!(
@@ -288,6 +299,7 @@ impl CodeStore {
     /// [`CodeStore::open`] keeps them. Call once nothing writes to the store any more.
     pub fn mark_clean_shutdown(&self) -> Result<(), CodeError> {
         sync_tree(&self.extracted)?;
+        sync_tree(&self.opt)?;
         let marker = File::create(&self.clean_marker).map_err(io_error(&self.clean_marker))?;
         marker.sync_all().map_err(io_error(&self.clean_marker))?;
         match self.clean_marker.parent() {
@@ -377,8 +389,44 @@ impl CodeStore {
         Ok(dir)
     }
 
+    /// The name of the merged `/opt` tree of these layers, in this order.
+    pub fn opt_key(layer_sha256_hex: &[String]) -> String {
+        hex::encode(Sha256::digest(layer_sha256_hex.join("\n")))
+    }
+
+    /// The merged tree of these layers (digests of stored zips, in the function's order):
+    /// each layer's extracted tree copied over the previous ones, a later layer replacing
+    /// whatever an earlier one put at the same path. Built once per list and kept; files
+    /// are hard links into the layers' own trees where the file system allows.
+    pub fn opt_dir(&self, layer_sha256_hex: &[String]) -> Result<PathBuf, CodeError> {
+        let target = self.opt.join(Self::opt_key(layer_sha256_hex));
+        if is_real_dir(&target) {
+            return Ok(target);
+        }
+        let scratch = ScratchGuard::new(self.scratch_path("opt"));
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(scratch.path())
+            .map_err(io_error(scratch.path()))?;
+        set_mode(scratch.path(), DIR_MODE)?;
+        for sha256_hex in layer_sha256_hex {
+            let layer = self.extracted_dir(sha256_hex)?;
+            merge_tree(&layer, scratch.path())?;
+        }
+        // Not flushed: like an extracted tree, a cache discarded after an unclean stop.
+        match fs::rename(scratch.path(), &target) {
+            Ok(()) => scratch.disarm(),
+            // A concurrent start built the same tree first; ours goes with the guard.
+            Err(_) if is_real_dir(&target) => {}
+            Err(error) => return Err(io_error(&target)(error)),
+        }
+        tracing::debug!(layers = layer_sha256_hex.len(), path = %target.display(), "merged layers");
+        Ok(target)
+    }
+
     /// Removes every blob and tree whose digest (lower-case hex) is not in `referenced`,
-    /// and returns how many digests lost their blob or tree.
+    /// and returns how many digests lost their blob or tree. Merged `/opt` trees are kept
+    /// when their [`CodeStore::opt_key`] is in `referenced`.
     ///
     /// The caller must make sure no upload runs between computing `referenced` and this
     /// call returning: a zip stored but not yet recorded in the metadata looks unreferenced.
@@ -405,7 +453,10 @@ impl CodeStore {
             }
             removed.insert(digest.to_owned());
         }
-        for entry in fs::read_dir(&self.extracted).map_err(io_error(&self.extracted))? {
+        let trees = fs::read_dir(&self.extracted)
+            .map_err(io_error(&self.extracted))?
+            .chain(fs::read_dir(&self.opt).map_err(io_error(&self.opt))?);
+        for entry in trees {
             let entry = entry.map_err(io_error(&self.extracted))?;
             let file_name = entry.file_name();
             let Some(digest) = file_name.to_str().filter(|digest| is_digest(digest)) else {
@@ -494,6 +545,59 @@ impl CodeStore {
         self.scratch
             .join(format!("{kind}-{}-{serial}", std::process::id()))
     }
+}
+
+/// Copies the tree `from` (an extracted layer) over `into`, never following a symlink on
+/// either side: a directory merges into a directory; anything else replaces what is at its
+/// path (a directory included). Every directory on the way is one this merge created or
+/// checked to be real, so a symlink an earlier layer left cannot redirect a later write.
+fn merge_tree(from: &Path, into: &Path) -> Result<(), CodeError> {
+    for entry in fs::read_dir(from).map_err(io_error(from))? {
+        let entry = entry.map_err(io_error(from))?;
+        let source = entry.path();
+        let target = into.join(entry.file_name());
+        let kind = entry.file_type().map_err(io_error(&source))?;
+        let existing = fs::symlink_metadata(&target).ok();
+        if kind.is_dir() {
+            match existing {
+                Some(meta) if meta.is_dir() => {}
+                Some(_) => {
+                    fs::remove_file(&target).map_err(io_error(&target))?;
+                    make_dir(&target)?;
+                }
+                None => make_dir(&target)?,
+            }
+            merge_tree(&source, &target)?;
+            continue;
+        }
+        match existing {
+            Some(meta) if meta.is_dir() => {
+                fs::remove_dir_all(&target).map_err(io_error(&target))?
+            }
+            Some(_) => fs::remove_file(&target).map_err(io_error(&target))?,
+            None => {}
+        }
+        if kind.is_symlink() {
+            let link = fs::read_link(&source).map_err(io_error(&source))?;
+            std::os::unix::fs::symlink(&link, &target).map_err(io_error(&target))?;
+        } else if kind.is_file() {
+            // A hard link shares the (read-only, never rewritten) file with the layer's own
+            // tree; across file systems it is a copy.
+            if fs::hard_link(&source, &target).is_err() {
+                fs::copy(&source, &target).map_err(io_error(&target))?;
+            }
+        }
+        // Nothing else can be in an extracted tree: extraction refuses other kinds.
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path) -> Result<(), CodeError> {
+    fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(path)
+        .map_err(io_error(path))?;
+    set_mode(path, DIR_MODE)
 }
 
 fn is_digest(candidate: &str) -> bool {

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use lamina_model::FunctionVersion;
+use lamina_model::alias::Alias;
+use lamina_model::layer::LayerVersion;
 
 pub mod code;
 pub mod sqlite;
@@ -34,6 +36,36 @@ pub enum StoreError {
         name: String,
         /// What must stay unreserved, for the message.
         minimum_unreserved: u32,
+    },
+    #[error("alias {alias} of function {name} already exists")]
+    AliasAlreadyExists { name: String, alias: String },
+    #[error("alias {alias} of function {name} does not exist")]
+    AliasNotFound { name: String, alias: String },
+    #[error(
+        "alias {alias} of function {name} changed since revision {expected_revision_id} was read"
+    )]
+    AliasRevisionMismatch {
+        name: String,
+        alias: String,
+        expected_revision_id: String,
+    },
+    /// An alias may only point at versions that exist.
+    #[error("version {version} of function {name} does not exist")]
+    VersionNotFound { name: String, version: String },
+    /// A policy changed between being read and being replaced.
+    #[error("the policy of {resource} changed since revision {expected_revision_id:?} was read")]
+    PolicyRevisionMismatch {
+        resource: String,
+        expected_revision_id: Option<String>,
+    },
+    #[error("layer version {name}:{version} does not exist")]
+    LayerVersionNotFound { name: String, version: u64 },
+    /// A version cannot be deleted while aliases route to it.
+    #[error("version {version} of {name} is referenced by aliases {aliases:?}")]
+    VersionInUse {
+        name: String,
+        version: String,
+        aliases: Vec<String>,
     },
     #[error("metadata database failed during {operation}: {source}")]
     Database {
@@ -63,14 +95,55 @@ pub struct AccountUsage {
     pub total_code_size: u64,
 }
 
+/// How to publish `$LATEST` as a new numbered version; the identifiers are chosen by the
+/// caller, the number by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// Replaces `$LATEST`'s description in the published version, if given.
+    pub description: Option<String>,
+    /// The new version's own revision id.
+    pub version_revision_id: String,
+    /// `$LATEST`'s revision id after publishing: AWS moves it, so a caller holding the
+    /// old revision sees that something happened.
+    pub latest_revision_id: String,
+    pub last_modified: String,
+}
+
+/// What publishing produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub version: FunctionVersion,
+    /// False when `$LATEST` had not changed since the last publish: AWS then answers with
+    /// that version instead of creating another.
+    pub created: bool,
+}
+
+/// A resource-based policy as stored: its JSON document and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub revision_id: String,
+    pub document: String,
+}
+
+/// What deleting one published version found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionDeletion {
+    Deleted,
+    /// The function exists but not this version; deleting it is a no-op on AWS.
+    NoSuchVersion,
+    NoSuchFunction,
+}
+
 /// The metadata every Lamina server keeps, whatever the backend.
 pub trait MetadataStore: Send + Sync + fmt::Debug {
-    /// Stores a new function: its `$LATEST` version and its tags.
+    /// Stores a new function: its `$LATEST` version and its tags, and, with `publish`,
+    /// version 1 of it in the same transaction.
     fn create_function(
         &self,
         latest: &FunctionVersion,
         tags: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError>;
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError>;
 
     fn get_version(
         &self,
@@ -79,12 +152,41 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
     ) -> Result<Option<FunctionVersion>, StoreError>;
 
     /// Replaces `$LATEST` only if its revision is still `expected_revision_id`, so two
-    /// concurrent updates cannot silently overwrite each other.
+    /// concurrent updates cannot silently overwrite each other; with `publish`, publishes
+    /// the new `$LATEST` in the same transaction.
     fn replace_latest(
         &self,
         latest: &FunctionVersion,
         expected_revision_id: &str,
-    ) -> Result<(), StoreError>;
+        publish: Option<&PublishSpec>,
+    ) -> Result<Option<Published>, StoreError>;
+
+    /// Publishes `$LATEST` if its revision is still `expected_latest_revision_id`: the next
+    /// version number is allocated durably (numbers are never reused, even after a version
+    /// is deleted). An unchanged `$LATEST` returns the version last published from it.
+    fn publish_version(
+        &self,
+        function_name: &str,
+        expected_latest_revision_id: &str,
+        spec: &PublishSpec,
+    ) -> Result<Published, StoreError>;
+
+    /// One function's versions, `$LATEST` first then by number, after `after_order`
+    /// (`-1` for the start); `None` if the function does not exist.
+    fn list_function_versions(
+        &self,
+        function_name: &str,
+        after_order: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<FunctionVersion>>, StoreError>;
+
+    /// Deletes one published version (and what hangs off it); refused with
+    /// [`StoreError::VersionInUse`] while an alias routes to it.
+    fn delete_version(
+        &self,
+        function_name: &str,
+        version: &str,
+    ) -> Result<VersionDeletion, StoreError>;
 
     /// Versions in (function name, version order) order, starting after `after`.
     /// With `all_versions` false only `$LATEST` of each function is listed.
@@ -95,7 +197,31 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
         all_versions: bool,
     ) -> Result<Vec<FunctionVersion>, StoreError>;
 
-    /// Deletes a function with all its versions and tags; false if it did not exist.
+    /// Stores a new alias, checking in the same transaction that the function and every
+    /// version it routes to exist.
+    fn create_alias(&self, alias: &Alias) -> Result<(), StoreError>;
+
+    fn get_alias(&self, function_name: &str, alias: &str) -> Result<Option<Alias>, StoreError>;
+
+    /// Replaces an alias only if its revision is still `expected_revision_id`; the versions
+    /// it routes to must exist.
+    fn update_alias(&self, alias: &Alias, expected_revision_id: &str) -> Result<(), StoreError>;
+
+    /// False if there was no such alias.
+    fn delete_alias(&self, function_name: &str, alias: &str) -> Result<bool, StoreError>;
+
+    /// A function's aliases in name order after `after`, optionally only those whose
+    /// primary version is `version`; `None` if the function does not exist.
+    fn list_aliases(
+        &self,
+        function_name: &str,
+        version: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<Alias>>, StoreError>;
+
+    /// Deletes a function with all its versions, aliases and tags; false if it did not
+    /// exist.
     fn delete_function(&self, function_name: &str) -> Result<bool, StoreError>;
 
     /// The function's tags, or `None` if the function does not exist.
@@ -128,6 +254,69 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
 
     fn account_usage(&self) -> Result<AccountUsage, StoreError>;
 
-    /// Hex SHA-256 of every zip some version still runs: what code GC must keep.
+    /// Stores `layer` as the next version of its layer (its `version` is ignored); the
+    /// number is allocated durably and never reused, even after every version of the
+    /// layer is deleted.
+    fn publish_layer_version(&self, layer: &LayerVersion) -> Result<LayerVersion, StoreError>;
+
+    fn get_layer_version(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<LayerVersion>, StoreError>;
+
+    /// Every version of a layer, newest first.
+    fn list_layer_versions(&self, layer_name: &str) -> Result<Vec<LayerVersion>, StoreError>;
+
+    /// Every layer version, by layer name and newest first within a layer.
+    fn list_all_layer_versions(&self) -> Result<Vec<LayerVersion>, StoreError>;
+
+    /// False if there was no such layer version. Functions that reference it keep their
+    /// copy of its code.
+    fn delete_layer_version(&self, layer_name: &str, version: u64) -> Result<bool, StoreError>;
+
+    /// The policy of a function (`qualifier` empty), one of its versions or one of its
+    /// aliases.
+    fn get_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Replaces that policy (`None` removes it) if its revision is still `expected` (`None`:
+    /// there is no policy yet). The function, version or alias must exist; its deletion
+    /// takes the policy along.
+    fn put_function_policy(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError>;
+
+    /// The policy of a layer version; [`StoreError::LayerVersionNotFound`] if there is no
+    /// such layer version.
+    fn get_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Replaces a layer version's policy as [`MetadataStore::put_function_policy`] does.
+    fn put_layer_version_policy(
+        &self,
+        layer_name: &str,
+        version: u64,
+        expected: Option<&str>,
+        policy: Option<&StoredPolicy>,
+    ) -> Result<(), StoreError>;
+
+    /// Hex SHA-256 of every zip still needed: the code of every function version, the
+    /// layers those versions reference (deleted layer versions included), and every layer
+    /// version not deleted. What code GC must keep.
     fn referenced_code(&self) -> Result<HashSet<String>, StoreError>;
+
+    /// The ordered layer digests of every function version that has layers: the merged
+    /// `/opt` trees worth keeping.
+    fn referenced_layer_lists(&self) -> Result<HashSet<Vec<String>>, StoreError>;
 }

@@ -83,10 +83,16 @@ impl Fixture {
     /// After a refused upload: the store holds nothing, scratch included, and nothing was
     /// written beside it.
     fn assert_pristine(&self) {
-        let expected: Vec<PathBuf> = ["store", "store/blobs", "store/extracted", "store/tmp"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let expected: Vec<PathBuf> = [
+            "store",
+            "store/blobs",
+            "store/extracted",
+            "store/opt",
+            "store/tmp",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(self.all_paths(), expected);
     }
 }
@@ -694,4 +700,89 @@ fn special_files_and_encrypted_entries_are_refused() {
         .unwrap_err();
     assert!(matches!(error, CodeError::UnsafeEntry { .. }), "{error}");
     fixture.assert_pristine();
+}
+
+#[test]
+fn layers_merge_in_order_and_never_through_an_earlier_symlink() {
+    let fixture = Fixture::new();
+    let outside = fixture.outer.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let first = fixture
+        .store
+        .put_zip(
+            &build_zip(&[
+                Entry::File("bootstrap", b"#!/bin/sh\n", 0o755),
+                Entry::File("lib/a.txt", b"A", 0o644),
+                Entry::File("lib/shared.txt", b"from A", 0o644),
+                Entry::Symlink("escape", outside.to_str().unwrap()),
+                Entry::File("conflict/inner.txt", b"dir in A", 0o644),
+                Entry::Symlink("lib/current", "a.txt"),
+            ]),
+            &CodeLimits::LAMBDA,
+        )
+        .unwrap();
+    let second = fixture
+        .store
+        .put_zip(
+            &build_zip(&[
+                Entry::File("lib/shared.txt", b"from B", 0o644),
+                // A directory where the first layer has a symlink: written as a real
+                // directory, never through the link.
+                Entry::File("escape/planted.txt", b"x", 0o644),
+                Entry::File("conflict", b"file in B", 0o644),
+            ]),
+            &CodeLimits::LAMBDA,
+        )
+        .unwrap();
+    let layers = vec![first.sha256_hex(), second.sha256_hex()];
+    let opt = fixture.store.opt_dir(&layers).unwrap();
+    assert_eq!(
+        opt,
+        fixture.root().join("opt").join(CodeStore::opt_key(&layers))
+    );
+    assert_eq!(fs::read(opt.join("lib/shared.txt")).unwrap(), b"from B");
+    assert_eq!(fs::read(opt.join("lib/a.txt")).unwrap(), b"A");
+    assert_eq!(
+        fs::metadata(opt.join("bootstrap"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(
+        fs::read_link(opt.join("lib/current")).unwrap(),
+        PathBuf::from("a.txt")
+    );
+    assert!(
+        fs::symlink_metadata(opt.join("escape")).unwrap().is_dir(),
+        "the later directory replaced the symlink"
+    );
+    assert_eq!(fs::read(opt.join("escape/planted.txt")).unwrap(), b"x");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing escaped"
+    );
+    assert_eq!(fs::read(opt.join("conflict")).unwrap(), b"file in B");
+
+    // The other order is another tree; the same order is the same tree.
+    let reversed = vec![second.sha256_hex(), first.sha256_hex()];
+    let other = fixture.store.opt_dir(&reversed).unwrap();
+    assert_ne!(other, opt);
+    assert_eq!(fs::read(other.join("lib/shared.txt")).unwrap(), b"from A");
+    assert_eq!(fixture.store.opt_dir(&layers).unwrap(), opt);
+
+    // Collection keeps a merged tree only while its key is referenced.
+    let mut referenced: HashSet<String> = layers.iter().cloned().collect();
+    referenced.insert(CodeStore::opt_key(&layers));
+    fixture.store.retain_only(&referenced).unwrap();
+    assert!(opt.is_dir());
+    assert!(!other.exists());
+    // A missing merged tree (or a missing layer tree) is built again from the zips.
+    fs::remove_dir_all(fixture.root().join("extracted").join(first.sha256_hex())).unwrap();
+    fs::remove_dir_all(&opt).unwrap();
+    let rebuilt = fixture.store.opt_dir(&layers).unwrap();
+    assert_eq!(fs::read(rebuilt.join("lib/a.txt")).unwrap(), b"A");
+    assert_eq!(fs::read_dir(fixture.root().join("tmp")).unwrap().count(), 0);
 }

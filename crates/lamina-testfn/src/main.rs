@@ -5,7 +5,8 @@
 //! Actions: `echo` (returns the event), `noop` (returns null), `context`, `env`, `count`
 //! (module state survives warm invokes), `error`, `sleep {ms}`, `exit {code}`,
 //! `alloc {mb}`, `print {lines}`, `write_tmp {mb}`, `big_response {bytes}`, `probe`
-//! (what the sandbox lets it see and do), `connect {addr}`.
+//! (what the sandbox lets it see and do), `connect {addr}`, `read {path}` (a file's text,
+//! e.g. one a layer put under `/opt`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,6 +81,16 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
         "write_tmp" => Ok(json!({ "result": write_tmp(number("mb")) })),
         "big_response" => Ok(json!("x".repeat(number("bytes") as usize))),
         "probe" => Ok(probe()),
+        "read" => {
+            let path = payload
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match std::fs::read_to_string(path) {
+                Ok(text) => Ok(json!({ "text": text })),
+                Err(e) => Ok(json!({ "error": format!("{path}: {e}") })),
+            }
+        }
         "connect" => {
             let addr = payload
                 .get("addr")

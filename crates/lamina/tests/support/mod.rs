@@ -280,3 +280,22 @@ pub fn build_test_function() -> PathBuf {
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .expect("cargo reported the test function's executable")
 }
+
+/// Minimal HTTP GET over a raw socket: the download is plain HTTP on loopback.
+pub fn http_get(url: &str) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    response[split + 4..].to_vec()
+}
