@@ -76,6 +76,10 @@ pub enum ApiError {
     IncompleteSignature { detail: String },
     #[error("{method} {path} is not an operation lamina implements")]
     UnknownOperation { method: String, path: String },
+    #[error("no provisioned concurrency configuration exists for this qualifier")]
+    ProvisionedConcurrencyConfigNotFound,
+    #[error("reserved concurrency {reserved} is below the provisioned {provisioned}")]
+    ReservedBelowProvisioned { reserved: u32, provisioned: u64 },
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -351,6 +355,22 @@ impl ApiError {
                 detail.clone(),
             ),
             ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
+            ApiError::ProvisionedConcurrencyConfigNotFound => user(
+                StatusCode::NOT_FOUND,
+                "ProvisionedConcurrencyConfigNotFoundException",
+                "No Provisioned Concurrency Config found for this function".to_owned(),
+            ),
+            ApiError::ReservedBelowProvisioned {
+                reserved,
+                provisioned,
+            } => user(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                format!(
+                    "ReservedConcurrentExecutions {reserved} should not be lower than function's \
+                     total provisioned concurrency [{provisioned}]."
+                ),
+            ),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
     }

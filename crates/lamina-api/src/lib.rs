@@ -90,6 +90,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(concurrency::delete_function_concurrency),
         )
         .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            get(concurrency::get_provisioned_concurrency)
+                .put(concurrency::put_provisioned_concurrency)
+                .delete(concurrency::delete_provisioned_concurrency),
+        )
+        .route(
             "/2019-09-30/functions/{name}/concurrency",
             get(concurrency::get_function_concurrency),
         )

@@ -39,6 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
+mod provisioned;
+pub use provisioned::{ListProvisionedConcurrencyConfigsResponse, ProvisionedConcurrencyConfig};
+
 /// AWS's account-wide limits, reported by GetAccountSettings.
 pub const TOTAL_CODE_SIZE_LIMIT: u64 = 80_530_636_800;
 pub const DEFAULT_CONCURRENT_EXECUTIONS: u32 = 1000;
@@ -68,6 +71,10 @@ pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
     fn function_changed(&self, function_name: &str);
     /// A function's reserved concurrency was set (`Some`) or removed (`None`).
     fn reservation_changed(&self, function_name: &str, reserved: Option<u32>);
+    /// `count` environments of a published version are to be kept initialised.
+    fn provisioned_changed(&self, function_name: &str, version: &str, count: u32);
+    /// How many of those are initialised now.
+    fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32;
     /// One version changed: `$LATEST` was updated, or a published version deleted.
     fn version_changed(&self, function_name: &str, version: &str);
     /// An alias was created, changed or deleted: its routing is stale.
@@ -84,6 +91,14 @@ impl FunctionChangeListener for lamina_engine::Engine {
 
     fn reservation_changed(&self, function_name: &str, reserved: Option<u32>) {
         self.concurrency().set_reservation(function_name, reserved);
+    }
+
+    fn provisioned_changed(&self, function_name: &str, version: &str, count: u32) {
+        self.set_provisioned(function_name, version, count);
+    }
+
+    fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32 {
+        lamina_engine::Engine::provisioned_allocated(self, function_name, version)
     }
 
     fn version_changed(&self, function_name: &str, version: &str) {
@@ -745,6 +760,7 @@ impl ControlPlane {
         match self.store.delete_version(&function.name, version) {
             Ok(VersionDeletion::Deleted) => {
                 tracing::info!(function = %function.name, %version, "version deleted");
+                self.store.delete_provisioned(&function.name, version)?;
                 self.version_changed(&function.name, version);
                 self.collect_unused_code();
                 Ok(())
@@ -891,7 +907,13 @@ impl ControlPlane {
     pub fn delete_alias(&self, function: &FunctionRef, name: &str) -> Result<(), ApiError> {
         Self::check_alias_name(name)?;
         self.unqualified(function)?;
+        let target = self.store.get_alias(&function.name, name)?;
         if self.store.delete_alias(&function.name, name)? {
+            if self.store.delete_provisioned(&function.name, name)?
+                && let (Some(listener), Some(alias)) = (&self.change_listener, target)
+            {
+                listener.provisioned_changed(&function.name, &alias.function_version, 0);
+            }
             self.alias_changed(&function.name, name);
             tracing::info!(function = %function.name, alias = %name, "alias deleted");
         }
@@ -1599,6 +1621,18 @@ impl ControlPlane {
         violations.into_result().map_err(RequestError::from)?;
         // Negative values were refused above; beyond u32 no account limit could hold it.
         let reserved = u32::try_from(reserved).unwrap_or(u32::MAX);
+        let provisioned: u64 = self
+            .store
+            .provisioned(Some(&name))?
+            .iter()
+            .map(|c| u64::from(c.requested))
+            .sum();
+        if u64::from(reserved) < provisioned {
+            return Err(ApiError::ReservedBelowProvisioned {
+                reserved,
+                provisioned,
+            });
+        }
         if !self.store.set_reserved_concurrency(
             &name,
             Some(reserved),
@@ -1657,6 +1691,7 @@ impl ControlPlane {
                 concurrent_executions: self.concurrent_executions,
                 unreserved_concurrent_executions: u64::from(self.concurrent_executions)
                     .saturating_sub(reserved)
+                    .saturating_sub(self.unreserved_provisioned(None)?)
                     as u32,
             },
             account_usage: AccountUsageResponse {

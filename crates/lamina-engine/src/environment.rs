@@ -88,6 +88,10 @@ pub struct Environment {
     init: Mutex<Option<InitTiming>>,
     pub last_used: Mutex<Instant>,
     destroyed: AtomicBool,
+    /// The provisioned-concurrency counter this environment is counted in, if any, from
+    /// when it is ready until it is destroyed.
+    provisioned: Option<Arc<std::sync::atomic::AtomicU32>>,
+    counted: AtomicBool,
 }
 
 /// Everything a cold start needs besides the function version.
@@ -96,6 +100,9 @@ pub struct StartContext {
     pub environment_id: String,
     pub log_stream: String,
     pub region: String,
+    /// Set for environments started ahead of time by provisioned concurrency: they count
+    /// themselves in this counter of their version while alive.
+    pub provisioned: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Environment {
@@ -214,6 +221,8 @@ impl Environment {
             init: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
             destroyed: AtomicBool::new(false),
+            provisioned: context.provisioned.clone(),
+            counted: AtomicBool::new(false),
         }))
     }
 
@@ -227,6 +236,21 @@ impl Environment {
                 signal: None,
                 oom_killed: false,
             },
+        }
+    }
+
+    /// Whether provisioned concurrency started this environment (it is never reaped).
+    pub fn is_provisioned(&self) -> bool {
+        self.provisioned.is_some()
+    }
+
+    /// Counts a provisioned environment as allocated, once it has initialised.
+    pub fn count_as_provisioned(&self) {
+        if let Some(counter) = &self.provisioned
+            && !self.destroyed.load(Ordering::SeqCst)
+            && !self.counted.swap(true, Ordering::SeqCst)
+        {
+            counter.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -273,6 +297,11 @@ impl Environment {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return;
         }
+        if let Some(counter) = &self.provisioned
+            && self.counted.swap(false, Ordering::SeqCst)
+        {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
         if let Some(stop) = self
             .stop_runtime_api
             .lock()
@@ -313,7 +342,15 @@ fn environment_variables(
             settings.logging.log_group.clone(),
         ),
         ("AWS_LAMBDA_LOG_STREAM_NAME", context.log_stream.clone()),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE",
+            if context.provisioned.is_some() {
+                "provisioned-concurrency"
+            } else {
+                "on-demand"
+            }
+            .to_owned(),
+        ),
         ("AWS_REGION", context.region.clone()),
         ("AWS_DEFAULT_REGION", context.region.clone()),
         ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{runtime}")),

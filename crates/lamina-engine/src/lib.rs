@@ -141,6 +141,11 @@ struct VersionSlot {
     last_released: Mutex<Option<Instant>>,
     /// What the adaptive keep-alive learns from.
     idle_times: IdleTimes,
+    /// Provisioned concurrency: environments wanted, and those initialised and alive.
+    provisioned_target: AtomicU32,
+    provisioned_ready: Arc<AtomicU32>,
+    /// One task at a time starts this version's provisioned environments.
+    provisioning: AtomicBool,
 }
 
 /// Where an alias sends invocations.
@@ -187,6 +192,9 @@ pub struct Engine {
     code_in_use: Arc<CodeInUse>,
     environments_started: AtomicU64,
     concurrency: ConcurrencyGovernor,
+    /// For the background work methods on `&self` start (replacing provisioned
+    /// environments).
+    myself: std::sync::Weak<Engine>,
 }
 
 /// A version-4 UUID from a fast thread-local generator. Request ids, trace ids and
@@ -281,7 +289,8 @@ impl Engine {
         for (function_name, reserved) in store.reservations()? {
             concurrency.set_reservation(&function_name, Some(reserved));
         }
-        Ok(Arc::new(Engine {
+        Ok(Arc::new_cyclic(|myself| Engine {
+            myself: myself.clone(),
             config,
             store,
             code,
@@ -331,6 +340,120 @@ impl Engine {
         });
     }
 
+    /// Sets how many environments of `version` are kept initialised ahead of invokes
+    /// (provisioned concurrency); 0 removes them. Starting them happens in the
+    /// background; [`Engine::provisioned_allocated`] tells how many are ready.
+    pub fn set_provisioned(&self, function_name: &str, version: &str, count: u32) {
+        let Some(engine) = self.myself.upgrade() else {
+            return;
+        };
+        let (name, version) = (function_name.to_owned(), version.to_owned());
+        tokio::spawn(async move {
+            let slot = match engine.slot(&name, &version).await {
+                Ok(slot) => slot,
+                Err(error) => {
+                    tracing::warn!(function = %name, %version, %error, "cannot provision");
+                    return;
+                }
+            };
+            slot.provisioned_target.store(count, Ordering::SeqCst);
+            // Idle provisioned environments beyond the new target go now; busy ones when
+            // they finish.
+            let surplus: Vec<Arc<Environment>> = {
+                let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let mut surplus = Vec::new();
+                let mut ready = slot.provisioned_ready.load(Ordering::SeqCst) as usize;
+                idle.retain(|env| {
+                    if env.is_provisioned() && ready > count as usize {
+                        ready -= 1;
+                        surplus.push(env.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                surplus
+            };
+            for environment in surplus {
+                environment.destroy_in_background();
+            }
+            engine.refill_provisioned(slot);
+        });
+    }
+
+    /// Provisioned environments of `version` initialised and alive now.
+    pub fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32 {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(function_name.to_owned(), version.to_owned()))
+            .map_or(0, |slot| slot.provisioned_ready.load(Ordering::SeqCst))
+    }
+
+    /// Starts provisioned environments until the version has as many as it should.
+    fn refill_provisioned(self: &Arc<Self>, slot: Arc<VersionSlot>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if slot.provisioning.swap(true, Ordering::SeqCst) {
+                    return; // another task is at it, and re-checks when done
+                }
+                while !slot.retired.load(Ordering::SeqCst)
+                    && slot.provisioned_ready.load(Ordering::SeqCst)
+                        < slot.provisioned_target.load(Ordering::SeqCst)
+                {
+                    if let Err(error) = engine.start_provisioned(&slot).await {
+                        tracing::warn!(
+                            function = %slot.version.function_name,
+                            version = %slot.version.version,
+                            %error,
+                            "a provisioned environment failed to start"
+                        );
+                        break;
+                    }
+                }
+                slot.provisioning.store(false, Ordering::SeqCst);
+                let short = slot.provisioned_ready.load(Ordering::SeqCst)
+                    < slot.provisioned_target.load(Ordering::SeqCst);
+                if !short || slot.retired.load(Ordering::SeqCst) {
+                    return;
+                }
+                // A failure: try again a little later rather than spin.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    async fn start_provisioned(&self, slot: &Arc<VersionSlot>) -> Result<(), EngineError> {
+        self.make_room(slot.version.settings.memory_mb).await?;
+        let environment = self.start_environment(slot, true).await?;
+        environment.logs.platform(format!(
+            "INIT_START Runtime Version: {}",
+            slot.version
+                .settings
+                .runtime
+                .as_deref()
+                .unwrap_or("unknown")
+        ));
+        if self.wait_until_ready(&environment).await.is_err() {
+            environment.destroy_in_background();
+            return Err(EngineError::Internal {
+                detail: "the runtime did not initialise".to_owned(),
+            });
+        }
+        environment.count_as_provisioned();
+        let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.retired.load(Ordering::SeqCst) {
+            drop(idle);
+            environment.destroy_in_background();
+        } else {
+            environment.touch();
+            // At the bottom: on-demand environments already warm are reused first.
+            idle.insert(0, environment);
+        }
+        Ok(())
+    }
+
     /// Makes sure the host can hold one more environment of `memory_mb`, destroying idle
     /// environments (longest idle first, any function) while it cannot.
     async fn make_room(&self, memory_mb: u32) -> Result<(), EngineError> {
@@ -350,6 +473,7 @@ impl Engine {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .iter()
+                        .filter(|env| !env.is_provisioned())
                         .map(|env| (env.idle_for(), slot.clone(), env.id.clone()))
                         .collect::<Vec<_>>()
                 })
@@ -405,9 +529,9 @@ impl Engine {
             let keep_alive = self.config.keep_alive.for_history(&slot.idle_times);
             let expired: Vec<Arc<Environment>> = {
                 let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let (keep, expired) = idle
-                    .drain(..)
-                    .partition(|env| env.idle_for() < keep_alive && !env.has_exited());
+                let (keep, expired) = idle.drain(..).partition(|env| {
+                    (env.is_provisioned() || env.idle_for() < keep_alive) && !env.has_exited()
+                });
                 *idle = keep;
                 expired
             };
@@ -589,6 +713,9 @@ impl Engine {
                     busy: AtomicU32::new(0),
                     last_released: Mutex::new(None),
                     idle_times: IdleTimes::default(),
+                    provisioned_target: AtomicU32::new(0),
+                    provisioned_ready: Arc::new(AtomicU32::new(0)),
+                    provisioning: AtomicBool::new(false),
                 })
             });
             return Ok(slot.clone());
@@ -598,12 +725,14 @@ impl Engine {
     async fn start_environment(
         &self,
         slot: &Arc<VersionSlot>,
+        provisioned: bool,
     ) -> Result<Arc<Environment>, EngineError> {
         let number = self.environments_started.fetch_add(1, Ordering::Relaxed);
         let context = StartContext {
             environment_id: format!("env-{}-{number}", &random_uuid().simple().to_string()[..12]),
             log_stream: log_stream_name(&slot.version.version),
             region: self.config.account.region.clone(),
+            provisioned: provisioned.then(|| slot.provisioned_ready.clone()),
         };
         let sandbox = self.sandbox.clone();
         let code = self.code.clone();
@@ -685,7 +814,7 @@ impl Engine {
                 }
                 self.make_room(version.settings.memory_mb).await?;
                 let init_started = Instant::now();
-                let environment = match self.start_environment(&slot).await {
+                let environment = match self.start_environment(&slot, false).await {
                     Ok(environment) => environment,
                     Err(EngineError::MissingBootstrap) => {
                         return Ok(self.failed_before_start(
@@ -927,7 +1056,10 @@ impl Engine {
             // Checked under the idle lock: `function_changed` marks the slot retired before
             // draining under the same lock, so nothing is pushed after the drain.
             let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.retired.load(Ordering::SeqCst) {
+            let surplus = environment.is_provisioned()
+                && slot.provisioned_ready.load(Ordering::SeqCst)
+                    > slot.provisioned_target.load(Ordering::SeqCst);
+            if slot.retired.load(Ordering::SeqCst) || surplus {
                 false
             } else {
                 environment.touch();
@@ -938,7 +1070,12 @@ impl Engine {
             }
         };
         if !returned {
+            let provisioned = environment.is_provisioned();
             environment.destroy_in_background();
+            if provisioned && let Some(engine) = self.myself.upgrade() {
+                // A provisioned environment that crashed or timed out is replaced.
+                engine.refill_provisioned(slot.clone());
+            }
         }
         InvokeResult {
             executed_version: version.version.clone(),

@@ -89,6 +89,16 @@ pub fn version_order(version: &str) -> i64 {
     version.parse::<i64>().unwrap_or(0)
 }
 
+/// Provisioned concurrency asked for on a published version or an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionedConfig {
+    pub function_name: String,
+    /// A version number or an alias name.
+    pub qualifier: String,
+    pub requested: u32,
+    pub last_modified: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AccountUsage {
     pub function_count: u64,
@@ -251,6 +261,19 @@ pub trait MetadataStore: Send + Sync + fmt::Debug {
 
     /// Every reservation, by function name.
     fn reservations(&self) -> Result<Vec<(String, u32)>, StoreError>;
+
+    /// Creates or replaces a provisioned concurrency configuration; false if the function
+    /// does not exist.
+    fn put_provisioned(&self, config: &ProvisionedConfig) -> Result<bool, StoreError>;
+
+    /// False if there was no such configuration.
+    fn delete_provisioned(&self, function_name: &str, qualifier: &str) -> Result<bool, StoreError>;
+
+    /// The configurations of one function, or of all functions.
+    fn provisioned(
+        &self,
+        function_name: Option<&str>,
+    ) -> Result<Vec<ProvisionedConfig>, StoreError>;
 
     fn account_usage(&self) -> Result<AccountUsage, StoreError>;
 

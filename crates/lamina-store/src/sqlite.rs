@@ -15,8 +15,8 @@ use lamina_model::{FunctionVersion, LATEST};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    AccountUsage, ListPosition, MetadataStore, PublishSpec, Published, StoreError, StoredPolicy,
-    VersionDeletion, version_order,
+    AccountUsage, ListPosition, MetadataStore, ProvisionedConfig, PublishSpec, Published,
+    StoreError, StoredPolicy, VersionDeletion, version_order,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -90,6 +90,16 @@ const MIGRATIONS: &[&str] = &[
     // Reserved concurrency of a function (PutFunctionConcurrency).
     "
     ALTER TABLE functions ADD COLUMN reserved_concurrency INTEGER;
+",
+    // Provisioned concurrency configurations, per published version or alias.
+    "
+    CREATE TABLE provisioned_concurrency (
+        function_name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        qualifier     TEXT NOT NULL,
+        requested     INTEGER NOT NULL,
+        last_modified TEXT NOT NULL,
+        PRIMARY KEY (function_name, qualifier)
+    );
 ",
 ];
 
@@ -1042,6 +1052,63 @@ impl MetadataStore for SqliteStore {
             )
             .optional()
             .map_err(db("read reserved concurrency"))
+    }
+
+    fn put_provisioned(&self, config: &ProvisionedConfig) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let written = connection
+            .execute(
+                "INSERT INTO provisioned_concurrency (function_name, qualifier, requested, last_modified)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM functions WHERE name = ?1)
+                 ON CONFLICT (function_name, qualifier)
+                 DO UPDATE SET requested = excluded.requested, last_modified = excluded.last_modified",
+                params![
+                    config.function_name,
+                    config.qualifier,
+                    config.requested,
+                    config.last_modified
+                ],
+            )
+            .map_err(db("put provisioned concurrency"))?;
+        Ok(written > 0)
+    }
+
+    fn delete_provisioned(&self, function_name: &str, qualifier: &str) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let deleted = connection
+            .execute(
+                "DELETE FROM provisioned_concurrency WHERE function_name = ?1 AND qualifier = ?2",
+                params![function_name, qualifier],
+            )
+            .map_err(db("delete provisioned concurrency"))?;
+        Ok(deleted > 0)
+    }
+
+    fn provisioned(
+        &self,
+        function_name: Option<&str>,
+    ) -> Result<Vec<ProvisionedConfig>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT function_name, qualifier, requested, last_modified
+                   FROM provisioned_concurrency
+                  WHERE ?1 IS NULL OR function_name = ?1
+                  ORDER BY function_name, qualifier",
+            )
+            .map_err(db("list provisioned concurrency"))?;
+        let rows = statement
+            .query_map(params![function_name], |row| {
+                Ok(ProvisionedConfig {
+                    function_name: row.get(0)?,
+                    qualifier: row.get(1)?,
+                    requested: row.get(2)?,
+                    last_modified: row.get(3)?,
+                })
+            })
+            .map_err(db("list provisioned concurrency"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("list provisioned concurrency"))
     }
 
     fn reservations(&self) -> Result<Vec<(String, u32)>, StoreError> {

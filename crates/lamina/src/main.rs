@@ -169,6 +169,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
         control_plane.collect_unused_code();
+        // Provisioned environments are started again in the background.
+        control_plane
+            .restore_provisioned_concurrency()
+            .context("cannot restore provisioned concurrency")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

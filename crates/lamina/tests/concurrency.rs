@@ -351,3 +351,164 @@ async fn a_full_host_throttles_cold_starts_with_a_clear_reason() {
         other => panic!("expected a throttle, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
+    use aws_sdk_lambda::operation::get_provisioned_concurrency_config::GetProvisionedConcurrencyConfigError;
+    use aws_sdk_lambda::types::ProvisionedConcurrencyStatusEnum;
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "warm").await;
+    let published = client
+        .publish_version()
+        .function_name("warm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.version(), Some("1"));
+
+    // $LATEST cannot be provisioned, as on AWS.
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("$LATEST")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "InvalidParameterValueException".to_owned(),
+            400,
+            "Provisioned Concurrency Configs cannot be applied to unpublished function versions."
+                .to_owned()
+        )
+    );
+
+    let put = client
+        .put_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("1")
+        .provisioned_concurrent_executions(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.requested_provisioned_concurrent_executions(), Some(2));
+    assert_eq!(put.status(), Some(&ProvisionedConcurrencyStatusEnum::InProgress));
+    let mut ready = None;
+    for _ in 0..100 {
+        let got = client
+            .get_provisioned_concurrency_config()
+            .function_name("warm")
+            .qualifier("1")
+            .send()
+            .await
+            .unwrap();
+        if got.status() == Some(&ProvisionedConcurrencyStatusEnum::Ready) {
+            ready = Some(got);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ready = ready.expect("provisioned environments become READY");
+    assert_eq!(ready.allocated_provisioned_concurrent_executions(), Some(2));
+    assert_eq!(ready.available_provisioned_concurrent_executions(), Some(2));
+
+    // The first invoke is served warm by a provisioned environment: no Init Duration, and
+    // the environment knows how it was initialised.
+    assert!(!invoke_was_cold(&client, "warm:1").await);
+    let output = client
+        .invoke()
+        .function_name("warm")
+        .qualifier("1")
+        .payload(Blob::new(br#"{"action":"env"}"#.to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let env: serde_json::Value =
+        serde_json::from_slice(output.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(
+        env["AWS_LAMBDA_INITIALIZATION_TYPE"],
+        "provisioned-concurrency"
+    );
+
+    // Reserved concurrency and provisioned concurrency must agree.
+    let error = client
+        .put_function_concurrency()
+        .function_name("warm")
+        .reserved_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error).2,
+        "ReservedConcurrentExecutions 1 should not be lower than function's total provisioned \
+         concurrency [2]."
+    );
+    client
+        .put_function_concurrency()
+        .function_name("warm")
+        .reserved_concurrent_executions(2)
+        .send()
+        .await
+        .unwrap();
+    client
+        .create_alias()
+        .function_name("warm")
+        .name("live")
+        .function_version("1")
+        .send()
+        .await
+        .unwrap();
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("live")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error).2,
+        "Requested Provisioned Concurrency should not be greater than the \
+         reservedConcurrentExecution for function"
+    );
+
+    let listed = client
+        .list_provisioned_concurrency_configs()
+        .function_name("warm")
+        .send()
+        .await
+        .unwrap();
+    let configs = listed.provisioned_concurrency_configs();
+    assert_eq!(configs.len(), 1);
+    assert!(configs[0].function_arn().unwrap().ends_with(":function:warm:1"));
+
+    let missing = client
+        .get_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("live")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        missing.into_service_error(),
+        GetProvisionedConcurrencyConfigError::ProvisionedConcurrencyConfigNotFoundException(_)
+    ));
+
+    client
+        .delete_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("1")
+        .send()
+        .await
+        .unwrap();
+    let listed = client
+        .list_provisioned_concurrency_configs()
+        .function_name("warm")
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.provisioned_concurrency_configs().is_empty());
+}

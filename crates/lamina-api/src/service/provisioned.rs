@@ -1,0 +1,267 @@
+//! Provisioned concurrency: Put/Get/Delete/ListProvisionedConcurrencyConfig(s), and the
+//! checks that keep it within reserved and unreserved concurrency.
+
+use lamina_model::{FunctionRef, Qualifier, RequestError, Violations};
+use lamina_store::ProvisionedConfig;
+use serde::Serialize;
+
+use super::{ControlPlane, now};
+use crate::error::ApiError;
+
+/// A configuration as AWS shows it, with the allocation measured now.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProvisionedConcurrencyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_arn: Option<String>,
+    pub requested_provisioned_concurrent_executions: u32,
+    pub available_provisioned_concurrent_executions: u32,
+    pub allocated_provisioned_concurrent_executions: u32,
+    /// `IN_PROGRESS` until every requested environment has initialised, then `READY`.
+    pub status: &'static str,
+    pub last_modified: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListProvisionedConcurrencyConfigsResponse {
+    pub provisioned_concurrency_configs: Vec<ProvisionedConcurrencyConfig>,
+}
+
+impl ControlPlane {
+    /// The qualifier a provisioned-concurrency operation names, and the published version
+    /// it resolves to now. `$LATEST` cannot be provisioned.
+    fn provisioned_target(&self, function: &FunctionRef) -> Result<(String, String), ApiError> {
+        let qualifier = match function.qualifier_kind() {
+            Qualifier::Latest if function.qualifier.is_none() => {
+                let mut violations = Violations::new();
+                violations.push("qualifier", Some("null"), "Member must not be null");
+                let missing = violations
+                    .into_result()
+                    .expect_err("a missing qualifier was recorded");
+                return Err(RequestError::from(missing).into());
+            }
+            Qualifier::Latest => {
+                return Err(RequestError::InvalidParameter(
+                    "Provisioned Concurrency Configs cannot be applied to unpublished function \
+                     versions."
+                        .to_owned(),
+                )
+                .into());
+            }
+            Qualifier::Version(q) | Qualifier::Alias(q) => q.to_owned(),
+        };
+        let version = self.find_version(function)?;
+        Ok((qualifier, version.version))
+    }
+
+    fn describe_provisioned(
+        &self,
+        config: &ProvisionedConfig,
+        with_arn: bool,
+    ) -> Result<ProvisionedConcurrencyConfig, ApiError> {
+        let function = FunctionRef {
+            name: config.function_name.clone(),
+            qualifier: Some(config.qualifier.clone()),
+            region: None,
+            account_id: None,
+        };
+        let allocated = match self.find_version(&function) {
+            Ok(version) => self.change_listener.as_ref().map_or(0, |listener| {
+                listener.provisioned_allocated(&config.function_name, &version.version)
+            }),
+            Err(_) => 0,
+        }
+        .min(config.requested);
+        Ok(ProvisionedConcurrencyConfig {
+            function_arn: with_arn.then(|| {
+                self.account
+                    .qualified_function_arn(&config.function_name, Some(&config.qualifier))
+            }),
+            requested_provisioned_concurrent_executions: config.requested,
+            available_provisioned_concurrent_executions: allocated,
+            allocated_provisioned_concurrent_executions: allocated,
+            status: if allocated >= config.requested {
+                "READY"
+            } else {
+                "IN_PROGRESS"
+            },
+            last_modified: config.last_modified.clone(),
+        })
+    }
+
+    /// Provisioned concurrency of the functions that have no reservation: it comes out of
+    /// the unreserved pool.
+    pub(super) fn unreserved_provisioned(
+        &self,
+        except: Option<(&str, &str)>,
+    ) -> Result<u64, ApiError> {
+        let reserved: std::collections::HashSet<String> = self
+            .store
+            .reservations()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        Ok(self
+            .store
+            .provisioned(None)?
+            .iter()
+            .filter(|c| !reserved.contains(&c.function_name))
+            .filter(|c| except != Some((c.function_name.as_str(), c.qualifier.as_str())))
+            .map(|c| u64::from(c.requested))
+            .sum())
+    }
+
+    pub fn put_provisioned_concurrency(
+        &self,
+        function: &FunctionRef,
+        requested: Option<i64>,
+    ) -> Result<ProvisionedConcurrencyConfig, ApiError> {
+        let mut violations = Violations::new();
+        let requested = match requested {
+            None => {
+                violations.push(
+                    "provisionedConcurrentExecutions",
+                    Some("null"),
+                    "Member must not be null",
+                );
+                0
+            }
+            Some(value) => {
+                violations.range("provisionedConcurrentExecutions", value, 1, i64::MAX);
+                value
+            }
+        };
+        violations.into_result().map_err(RequestError::from)?;
+        let requested = u32::try_from(requested).unwrap_or(u32::MAX);
+        let (qualifier, version) = self.provisioned_target(function)?;
+
+        let others: u64 = self
+            .store
+            .provisioned(Some(&function.name))?
+            .iter()
+            .filter(|c| c.qualifier != qualifier)
+            .map(|c| u64::from(c.requested))
+            .sum();
+        match self.store.reserved_concurrency(&function.name)?.flatten() {
+            Some(reserved) if others + u64::from(requested) > u64::from(reserved) => {
+                return Err(RequestError::InvalidParameter(
+                    "Requested Provisioned Concurrency should not be greater than the \
+                     reservedConcurrentExecution for function"
+                        .to_owned(),
+                )
+                .into());
+            }
+            Some(_) => {}
+            None => {
+                let reserved: u64 = self
+                    .store
+                    .reservations()?
+                    .iter()
+                    .map(|(_, r)| u64::from(*r))
+                    .sum();
+                let minimum = u64::from(lamina_engine::ConcurrencyGovernor::minimum_unreserved(
+                    self.concurrent_executions,
+                ));
+                let unreserved = u64::from(self.concurrent_executions)
+                    .saturating_sub(reserved)
+                    .saturating_sub(
+                        self.unreserved_provisioned(Some((&function.name, &qualifier)))?,
+                    );
+                if unreserved < u64::from(requested) + minimum {
+                    return Err(RequestError::InvalidParameter(format!(
+                        "Specified ConcurrentExecutions for function decreases account's \
+                         UnreservedConcurrentExecution below its minimum value of [{minimum}]."
+                    ))
+                    .into());
+                }
+            }
+        }
+
+        let config = ProvisionedConfig {
+            function_name: function.name.clone(),
+            qualifier,
+            requested,
+            last_modified: now(),
+        };
+        if !self.store.put_provisioned(&config)? {
+            return Err(self.not_found(function));
+        }
+        tracing::info!(function = %function.name, qualifier = %config.qualifier, %version,
+            requested, "provisioned concurrency set");
+        if let Some(listener) = &self.change_listener {
+            listener.provisioned_changed(&function.name, &version, requested);
+        }
+        self.describe_provisioned(&config, false)
+    }
+
+    pub fn get_provisioned_concurrency(
+        &self,
+        function: &FunctionRef,
+    ) -> Result<ProvisionedConcurrencyConfig, ApiError> {
+        let (qualifier, _) = self.provisioned_target(function)?;
+        let config = self
+            .store
+            .provisioned(Some(&function.name))?
+            .into_iter()
+            .find(|c| c.qualifier == qualifier)
+            .ok_or(ApiError::ProvisionedConcurrencyConfigNotFound)?;
+        self.describe_provisioned(&config, false)
+    }
+
+    pub fn delete_provisioned_concurrency(&self, function: &FunctionRef) -> Result<(), ApiError> {
+        let (qualifier, version) = self.provisioned_target(function)?;
+        if self.store.delete_provisioned(&function.name, &qualifier)? {
+            tracing::info!(function = %function.name, %qualifier, "provisioned concurrency removed");
+            if let Some(listener) = &self.change_listener {
+                listener.provisioned_changed(&function.name, &version, 0);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn list_provisioned_concurrency(
+        &self,
+        function: &FunctionRef,
+    ) -> Result<ListProvisionedConcurrencyConfigsResponse, ApiError> {
+        if self
+            .store
+            .get_version(&function.name, lamina_model::LATEST)?
+            .is_none()
+        {
+            return Err(self.not_found(function));
+        }
+        let configs = self
+            .store
+            .provisioned(Some(&function.name))?
+            .iter()
+            .map(|config| self.describe_provisioned(config, true))
+            .collect::<Result<_, _>>()?;
+        Ok(ListProvisionedConcurrencyConfigsResponse {
+            provisioned_concurrency_configs: configs,
+        })
+    }
+
+    /// Re-applies every stored configuration to the engine (at start-up).
+    pub fn restore_provisioned_concurrency(&self) -> Result<(), ApiError> {
+        let Some(listener) = &self.change_listener else {
+            return Ok(());
+        };
+        for config in self.store.provisioned(None)? {
+            let function = FunctionRef {
+                name: config.function_name.clone(),
+                qualifier: Some(config.qualifier.clone()),
+                region: None,
+                account_id: None,
+            };
+            if let Ok(version) = self.find_version(&function) {
+                listener.provisioned_changed(
+                    &config.function_name,
+                    &version.version,
+                    config.requested,
+                );
+            }
+        }
+        Ok(())
+    }
+}
