@@ -17,11 +17,6 @@ use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
 
-/// The invoke path allocates and frees many small buffers across tokio's worker threads;
-/// mimalloc's per-thread free lists make that markedly cheaper than glibc's malloc
-/// (measured with `cargo bench -p lamina --bench invoke`; figures in docs/design.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
