@@ -47,6 +47,10 @@ pub enum ApiError {
     IncompleteSignature { detail: String },
     #[error("{method} {path} is not an operation lamina implements")]
     UnknownOperation { method: String, path: String },
+    #[error("the function {arn} doesn't have an EventInvokeConfig")]
+    EventInvokeConfigNotFound { arn: String },
+    #[error(transparent)]
+    Queue(lamina_queue::QueueError),
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -257,6 +261,15 @@ impl ApiError {
                 detail.clone(),
             ),
             ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
+            ApiError::EventInvokeConfigNotFound { arn } => AwsError {
+                message_key: "Message",
+                ..user(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    format!("The function {arn} doesn't have an EventInvokeConfig"),
+                )
+            },
+            ApiError::Queue(queue) => service_error(queue.to_string()),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
     }
