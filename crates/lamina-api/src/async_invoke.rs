@@ -10,7 +10,9 @@
 //! The queue reaches the handlers as an axum `Extension<Arc<AsyncInvocations>>` added by
 //! the composition root; without it these operations answer 501.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Body;
@@ -37,11 +39,45 @@ const LIST_PAGE_LIMIT: usize = 50;
 /// The service model's `DestinationArn` pattern.
 const DESTINATION_ARN: &str = r"$|kafka://([^.]([a-zA-Z0-9\-_.]{0,248}))|arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\-])+:([a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1})?:(\d{12})?:(.*)";
 
+/// How long a function seen to exist is trusted to exist by the Event path without
+/// reading the store again. An event accepted for a function deleted within this window
+/// is dropped by the dispatcher with a warning (the function is gone when it runs).
+const EXISTENCE_TTL: Duration = Duration::from_secs(1);
+
 /// The queue and the event invoke configurations, shared by the handlers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AsyncInvocations {
     pub queue: Arc<dyn EventQueue>,
     pub configs: Arc<ConfigStore>,
+    /// (name, qualifier) → when the store last confirmed the function exists.
+    seen: Mutex<HashMap<(String, Option<String>), Instant>>,
+}
+
+impl AsyncInvocations {
+    pub fn new(queue: Arc<dyn EventQueue>, configs: Arc<ConfigStore>) -> AsyncInvocations {
+        AsyncInvocations {
+            queue,
+            configs,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn recently_seen(&self, function: &FunctionRef) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&(function.name.clone(), function.qualifier.clone()))
+            .is_some_and(|at| at.elapsed() < EXISTENCE_TTL)
+    }
+
+    fn saw(&self, function: &FunctionRef) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| at.elapsed() < EXISTENCE_TTL);
+        }
+        seen.insert(
+            (function.name.clone(), function.qualifier.clone()),
+            Instant::now(),
+        );
+    }
 }
 
 pub(crate) type MaybeAsync = Option<Extension<Arc<AsyncInvocations>>>;
@@ -62,9 +98,12 @@ pub(crate) async fn accept_event(
     client_context: Option<String>,
 ) -> Result<String, ApiError> {
     let invocations = invocations.ok_or_else(not_configured)?;
-    let cp = control_plane.clone();
-    let checked = function.clone();
-    blocking(move || cp.get_function_configuration(&checked).map(|_| ())).await?;
+    if !invocations.recently_seen(&function) {
+        let cp = control_plane.clone();
+        let checked = function.clone();
+        blocking(move || cp.get_function_configuration(&checked).map(|_| ())).await?;
+        invocations.saw(&function);
+    }
     let request_id = lamina_engine::random_uuid().to_string();
     let event = QueuedEvent::new(
         request_id.clone(),

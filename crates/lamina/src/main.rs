@@ -206,10 +206,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         )
         .spawn();
-        let async_invocations = Arc::new(AsyncInvocations {
-            queue,
-            configs: event_configs,
-        });
+        let async_invocations = Arc::new(AsyncInvocations::new(queue, event_configs));
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
         control_plane.collect_unused_code();
