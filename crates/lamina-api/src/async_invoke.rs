@@ -129,13 +129,8 @@ pub(crate) async fn invoke_async(
     body: Body,
 ) -> Result<Response, ApiError> {
     let function = control_plane.resolve(&name, None, NameShape::Namespaced)?;
-    let payload = crate::invoke::read_payload(
-        &headers,
-        body,
-        "InvokeAsync",
-        MAX_INVOKE_ASYNC_BYTES,
-    )
-    .await?;
+    let payload =
+        crate::invoke::read_payload(&headers, body, "InvokeAsync", MAX_INVOKE_ASYNC_BYTES).await?;
     let request_id = accept_event(
         invocations.as_ref().map(|Extension(i)| i.as_ref()),
         &control_plane,
@@ -337,9 +332,10 @@ fn apply_body(
 
     let on_success = destinations.on_success.map(|d| d.destination);
     let on_failure = destinations.on_failure.map(|d| d.destination);
-    let any_destination = [&on_success, &on_failure]
-        .iter()
-        .any(|d| d.as_ref().is_some_and(|d| d.as_deref().is_some_and(|a| !a.is_empty())));
+    let any_destination = [&on_success, &on_failure].iter().any(|d| {
+        d.as_ref()
+            .is_some_and(|d| d.as_deref().is_some_and(|a| !a.is_empty()))
+    });
     if body.maximum_retry_attempts.is_none()
         && body.maximum_event_age_in_seconds.is_none()
         && !any_destination
@@ -415,6 +411,22 @@ fn config_not_found(control_plane: &ControlPlane, name: &str, qualifier: &str) -
     }
 }
 
+/// Put replaces the configuration; Update changes the given settings of an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConfigWrite {
+    Put,
+    Update,
+}
+
+impl ConfigWrite {
+    fn operation(self) -> &'static str {
+        match self {
+            ConfigWrite::Put => "PutFunctionEventInvokeConfig",
+            ConfigWrite::Update => "UpdateFunctionEventInvokeConfig",
+        }
+    }
+}
+
 async fn write_config(
     control_plane: Arc<ControlPlane>,
     invocations: MaybeAsync,
@@ -422,20 +434,24 @@ async fn write_config(
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
-    operation: &'static str,
-    merge: bool,
+    write: ConfigWrite,
 ) -> Result<Response, ApiError> {
     let Some(Extension(invocations)) = invocations else {
         return Err(not_configured());
     };
     let qualifier = query_value(&query_pairs(query)?, "Qualifier");
-    let body: EventInvokeConfigBody =
-        json_body(&headers, body, operation, crate::DEFAULT_REQUEST_LIMIT).await?;
+    let body: EventInvokeConfigBody = json_body(
+        &headers,
+        body,
+        write.operation(),
+        crate::DEFAULT_REQUEST_LIMIT,
+    )
+    .await?;
     let cp = control_plane.clone();
     let response = blocking(move || {
         let (function, qualifier) = existing_function(&cp, &name, qualifier)?;
         let current = invocations.configs.get(&function.name, &qualifier);
-        let base = if merge {
+        let base = if write == ConfigWrite::Update {
             current.ok_or_else(|| config_not_found(&cp, &function.name, &qualifier))?
         } else {
             EventInvokeConfig::default()
@@ -467,8 +483,7 @@ pub(crate) async fn put_event_invoke_config(
         query,
         headers,
         body,
-        "PutFunctionEventInvokeConfig",
-        false,
+        ConfigWrite::Put,
     )
     .await
 }
@@ -489,8 +504,7 @@ pub(crate) async fn update_event_invoke_config(
         query,
         headers,
         body,
-        "UpdateFunctionEventInvokeConfig",
-        true,
+        ConfigWrite::Update,
     )
     .await
 }

@@ -65,8 +65,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into()))
-        .unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     runtime.block_on(async {
         // Phase 1: enqueue throughput, nothing consuming.
         let queue = Arc::new(SqliteQueue::open(&dir.path().join("bench.db")).unwrap());

@@ -134,7 +134,10 @@ impl ConfigStore {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((function_name.to_owned(), qualifier.to_owned()), config.clone());
+            .insert(
+                (function_name.to_owned(), qualifier.to_owned()),
+                config.clone(),
+            );
         Ok(())
     }
 

@@ -286,7 +286,13 @@ impl Dispatcher {
                 "destination skipped: only Lamina functions are supported as destinations");
             return;
         };
-        let delivery = QueuedEvent::new(self.invoker.new_request_id(), name, qualifier, payload, None);
+        let delivery = QueuedEvent::new(
+            self.invoker.new_request_id(),
+            name,
+            qualifier,
+            payload,
+            None,
+        );
         if let Err(error) = self.queue.enqueue(delivery).await {
             tracing::error!(request_id = %event.id, %target, %error,
                 "could not queue the event for its destination");

@@ -182,7 +182,10 @@ impl SqliteQueue {
             }
         }
         if recovered > 0 {
-            tracing::info!(events = recovered, "asynchronous events recovered from the queue");
+            tracing::info!(
+                events = recovered,
+                "asynchronous events recovered from the queue"
+            );
         }
         let stored = Arc::new(AtomicUsize::new(recovered));
         let (sender, receiver) = mpsc::channel();

@@ -215,7 +215,10 @@ fn main() {
 
     // Enqueue-to-start at a steady rate, warm environment free.
     let mut connection = Connection::open(&host);
-    connection.send_event("steady", &json!({"action": "noop", "t": now_us(), "warm": true}));
+    connection.send_event(
+        "steady",
+        &json!({"action": "noop", "t": now_us(), "warm": true}),
+    );
     std::thread::sleep(Duration::from_millis(500));
     const STEADY: usize = 500;
     for _ in 0..STEADY {

@@ -81,14 +81,22 @@ struct ServeArgs {
     host_memory_reserve_mb: Option<u64>,
     /// Delays (ms) before the first and second retry of an asynchronous invocation that
     /// failed (AWS: about one minute, then two).
-    #[arg(long, env = "LAMINA_ASYNC_RETRY_DELAYS_MS", value_delimiter = ',',
-          default_value = "60000,120000")]
+    #[arg(
+        long,
+        env = "LAMINA_ASYNC_RETRY_DELAYS_MS",
+        value_delimiter = ',',
+        default_value = "60000,120000"
+    )]
     async_retry_delays_ms: Vec<u64>,
     /// First delay (ms) before a throttled asynchronous event is tried again; it grows
     /// with the event's age up to `--async-throttle-delay-max-ms`.
     #[arg(long, env = "LAMINA_ASYNC_THROTTLE_DELAY_MS", default_value_t = 1000)]
     async_throttle_delay_ms: u64,
-    #[arg(long, env = "LAMINA_ASYNC_THROTTLE_DELAY_MAX_MS", default_value_t = 300_000)]
+    #[arg(
+        long,
+        env = "LAMINA_ASYNC_THROTTLE_DELAY_MAX_MS",
+        default_value_t = 300_000
+    )]
     async_throttle_delay_max_ms: u64,
 }
 
@@ -182,14 +190,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Asynchronous invocation: the durable queue, and its dispatcher running due
         // events on the engine (events stored before a crash are due again at once).
         let queue_path = data_dir.join("queue.db");
-        let queue: Arc<dyn EventQueue> = Arc::new(
-            SqliteQueue::open(&queue_path)
-                .with_context(|| format!("cannot open the event queue {}", queue_path.display()))?,
-        );
-        let event_configs = Arc::new(
-            ConfigStore::open(&queue_path)
-                .with_context(|| format!("cannot open the event queue {}", queue_path.display()))?,
-        );
+        let queue: Arc<dyn EventQueue> =
+            Arc::new(SqliteQueue::open(&queue_path).with_context(|| {
+                format!("cannot open the event queue {}", queue_path.display())
+            })?);
+        let event_configs =
+            Arc::new(ConfigStore::open(&queue_path).with_context(|| {
+                format!("cannot open the event queue {}", queue_path.display())
+            })?);
         Dispatcher::new(
             queue.clone(),
             event_configs.clone(),

@@ -192,7 +192,10 @@ async fn event_invokes_answer_202_and_run_with_their_logs() {
         .await
         .unwrap_err();
     let (exception, status, _) = aws_error(error);
-    assert_eq!((exception.as_str(), status), ("RequestEntityTooLargeException", 413));
+    assert_eq!(
+        (exception.as_str(), status),
+        ("RequestEntityTooLargeException", 413)
+    );
     #[allow(deprecated)]
     let error = client
         .invoke_async()
@@ -204,7 +207,10 @@ async fn event_invokes_answer_202_and_run_with_their_logs() {
         .await
         .unwrap_err();
     let (exception, status, _) = aws_error(error);
-    assert_eq!((exception.as_str(), status), ("RequestEntityTooLargeException", 413));
+    assert_eq!(
+        (exception.as_str(), status),
+        ("RequestEntityTooLargeException", 413)
+    );
     let error = client
         .invoke()
         .function_name("missing")
@@ -214,7 +220,10 @@ async fn event_invokes_answer_202_and_run_with_their_logs() {
         .await
         .unwrap_err();
     let (exception, status, _) = aws_error(error);
-    assert_eq!((exception.as_str(), status), ("ResourceNotFoundException", 404));
+    assert_eq!(
+        (exception.as_str(), status),
+        ("ResourceNotFoundException", 404)
+    );
 }
 
 #[tokio::test]
@@ -313,10 +322,16 @@ async fn successes_reach_on_success_with_the_invocation_record() {
         .await
         .unwrap();
     let payload = json!({"action": "echo", "order": 7});
-    assert_eq!(invoke_event(&client, "producer", payload.clone()).await, 202);
-    let records = wait_received(&server.endpoint, "successes", Duration::from_secs(20), |e| {
-        !e.is_empty()
-    })
+    assert_eq!(
+        invoke_event(&client, "producer", payload.clone()).await,
+        202
+    );
+    let records = wait_received(
+        &server.endpoint,
+        "successes",
+        Duration::from_secs(20),
+        |e| !e.is_empty(),
+    )
     .await;
     let record = &records[0];
     assert_eq!(record["requestContext"]["condition"], "Success");
@@ -441,7 +456,10 @@ async fn the_event_invoke_config_api_validates_like_aws() {
         .await
         .unwrap_err();
     let (exception, status, message) = aws_error(error);
-    assert_eq!((exception.as_str(), status), ("NotImplementedException", 501));
+    assert_eq!(
+        (exception.as_str(), status),
+        ("NotImplementedException", 501)
+    );
     assert!(message.contains("not supported yet"), "{message}");
 
     let error = client
@@ -580,7 +598,11 @@ async fn acknowledged_events_survive_kill_9_and_run_after_restart() {
         sender.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() > 50, "only {} events were sent", acknowledged.len());
+    assert!(
+        acknowledged.len() > 50,
+        "only {} events were sent",
+        acknowledged.len()
+    );
 
     let server = LaminaServer::start_in_with(data.path(), FAST_RETRIES);
     let client = server.client();
