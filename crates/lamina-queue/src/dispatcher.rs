@@ -16,11 +16,12 @@
 //! delivers it again rather than losing it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{ConfigStore, EventInvokeConfig};
 use crate::{BoxFuture, EventQueue, QueuedEvent, now_ms};
@@ -81,6 +82,10 @@ pub struct Dispatcher {
     configs: Arc<ConfigStore>,
     invoker: Arc<dyn EventInvoker>,
     settings: DispatchSettings,
+    /// Set by [`Dispatcher::stop`]: nothing new starts, and outcomes of attempts still
+    /// running are not recorded (their events stay stored and run again at the next start).
+    stopped: AtomicBool,
+    stop: Notify,
 }
 
 /// `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]` → (name, qualifier).
@@ -155,7 +160,21 @@ impl Dispatcher {
             configs,
             invoker,
             settings,
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
         })
+    }
+
+    /// Stops dispatching before the engine shuts down: an attempt cut short by the
+    /// shutdown must not count as a function error. Then flushes the queue's writes.
+    pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop.notify_one();
+        self.queue.flush().await;
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     /// Runs until the runtime stops.
@@ -170,7 +189,14 @@ impl Dispatcher {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let event = self.queue.next_due().await;
+            let event = tokio::select! {
+                event = self.queue.next_due() => event,
+                _ = self.stop.notified() => return,
+            };
+            if self.stopped() {
+                // Leased but not started: it stays stored and runs at the next start.
+                return;
+            }
             let dispatcher = self.clone();
             tokio::spawn(async move {
                 dispatcher.attempt(event).await;
@@ -195,7 +221,11 @@ impl Dispatcher {
                 .await;
             return;
         }
-        match self.invoker.invoke(&event).await {
+        let attempt = self.invoker.invoke(&event).await;
+        if self.stopped() {
+            return;
+        }
+        match attempt {
             Attempt::Finished {
                 executed_version,
                 payload,
@@ -305,7 +335,7 @@ mod tests {
     use super::*;
     use crate::SqliteQueue;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     /// Runs events by a script keyed on the function name; records what ran.
     #[derive(Debug, Default)]

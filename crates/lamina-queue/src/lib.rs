@@ -98,6 +98,8 @@ pub trait EventQueue: Send + Sync + std::fmt::Debug + 'static {
     fn ack(&self, id: &str);
     /// The event becomes due again at `event.due_at_ms`.
     fn retry_at(&self, event: QueuedEvent, persist: bool);
+    /// Resolves once every change made before the call is durable (for a clean stop).
+    fn flush(&self) -> BoxFuture<'static, ()>;
     /// Events stored and not yet acknowledged.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {

@@ -36,6 +36,8 @@ enum Command {
         due_at_ms: i64,
         attempts: u32,
     },
+    /// Answered once everything sent before it is committed.
+    Flush(oneshot::Sender<()>),
 }
 
 #[derive(Debug, Default)]
@@ -266,6 +268,9 @@ fn write_batches(
                         }));
                     }
                 },
+                Command::Flush(done) => {
+                    let _ = done.send(());
+                }
                 Command::Ack(_) | Command::Reschedule { .. } => {}
             }
         }
@@ -307,6 +312,7 @@ fn apply(connection: &mut Connection, batch: &[Command]) -> Result<(), rusqlite:
                 } => {
                     reschedule.execute(params![id, due_at_ms, attempts])?;
                 }
+                Command::Flush(_) => {}
             }
         }
     }
@@ -353,6 +359,16 @@ impl EventQueue for SqliteQueue {
             });
         }
         self.scheduler.push(event);
+    }
+
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let (done, flushed) = oneshot::channel();
+        let sent = self.send(Command::Flush(done));
+        Box::pin(async move {
+            if sent.is_ok() {
+                let _ = flushed.await;
+            }
+        })
     }
 
     fn len(&self) -> usize {

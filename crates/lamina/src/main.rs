@@ -198,7 +198,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(ConfigStore::open(&queue_path).with_context(|| {
                 format!("cannot open the event queue {}", queue_path.display())
             })?);
-        Dispatcher::new(
+        let dispatcher = Dispatcher::new(
             queue.clone(),
             event_configs.clone(),
             Arc::new(EngineInvoker::new(engine.clone(), control_plane.clone())),
@@ -212,8 +212,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 throttle_delay_max: Duration::from_millis(args.async_throttle_delay_max_ms),
                 max_in_flight: args.concurrency_limit as usize,
             },
-        )
-        .spawn();
+        );
+        dispatcher.spawn();
         let async_invocations = Arc::new(AsyncInvocations::new(queue, event_configs));
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
@@ -266,6 +266,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")?;
+        dispatcher.stop().await;
         let engine_for_shutdown = engine.clone();
         tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
         if let Err(error) = logs.sink().flush_async().await {

@@ -626,3 +626,106 @@ async fn acknowledged_events_survive_kill_9_and_run_after_restart() {
         events.len()
     );
 }
+
+/// Polls until `function` has logged `count` START lines, then checks no more follow.
+async fn wait_starts(endpoint: &str, function: &str, count: usize) {
+    let started = Instant::now();
+    while starts(endpoint, function) < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{function}: {} attempts, expected {count}",
+            starts(endpoint, function)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        starts(endpoint, function),
+        count,
+        "{function}: no further attempts"
+    );
+}
+
+#[tokio::test]
+async fn crashes_and_timeouts_are_retried_up_to_the_maximum() {
+    let server = LaminaServer::start_with(FAST_RETRIES);
+    let client = server.client();
+    deploy(&client, "crashy").await;
+    deploy(&client, "slow").await;
+    client
+        .update_function_configuration()
+        .function_name("slow")
+        .timeout(1)
+        .send()
+        .await
+        .unwrap();
+    client
+        .put_function_event_invoke_config()
+        .function_name("slow")
+        .maximum_retry_attempts(1)
+        .send()
+        .await
+        .unwrap();
+    // The default: two retries.
+    assert_eq!(
+        invoke_event(&client, "crashy", json!({"action": "exit", "code": 3})).await,
+        202
+    );
+    assert_eq!(
+        invoke_event(&client, "slow", json!({"action": "sleep", "ms": 3000})).await,
+        202
+    );
+    wait_starts(&server.endpoint, "crashy", 3).await;
+    wait_starts(&server.endpoint, "slow", 2).await;
+}
+
+/// An attempt cut short by SIGTERM is not a function error: no failure record, and the
+/// event runs again after the restart.
+#[tokio::test]
+async fn a_clean_stop_does_not_count_as_a_failed_attempt() {
+    let mut server = LaminaServer::start_with(FAST_RETRIES);
+    let data = server.take_data_dir();
+    let client = server.client();
+    deploy(&client, "long").await;
+    deploy(&client, "long-failures").await;
+    client
+        .put_function_event_invoke_config()
+        .function_name("long")
+        .maximum_retry_attempts(0)
+        .destination_config(
+            DestinationConfig::builder()
+                .on_failure(
+                    OnFailure::builder()
+                        .destination(arn("long-failures"))
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        invoke_event(&client, "long", json!({"action": "sleep", "ms": 2000})).await,
+        202
+    );
+    wait_received(&server.endpoint, "long", Duration::from_secs(20), |e| {
+        !e.is_empty()
+    })
+    .await;
+    assert!(server.terminate().success());
+
+    let server = LaminaServer::start_in_with(data.path(), FAST_RETRIES);
+    wait_received(&server.endpoint, "long", Duration::from_secs(20), |e| {
+        e.len() == 2
+    })
+    .await;
+    // Long enough for the second run to end and any failure record to be delivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(received(&server.endpoint, "long-failures").is_empty());
+    assert!(
+        log_messages(&server.endpoint, "long")
+            .iter()
+            .any(|m| m.starts_with("END RequestId:")),
+        "the second run finished"
+    );
+}
