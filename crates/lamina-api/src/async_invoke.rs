@@ -27,8 +27,10 @@ use lamina_queue::{
     Attempt, BoxFuture, ConfigStore, EventInvokeConfig, EventInvoker, EventQueue, QueuedEvent,
     parse_function_arn,
 };
+use lamina_store::MetadataStore;
 use serde::{Deserialize, Serialize};
 
+use crate::service::FunctionChangeListener;
 use crate::{ApiError, ControlPlane, blocking, json_body, json_response, query_pairs, query_value};
 
 /// AWS's limit on an asynchronous invocation's payload.
@@ -213,6 +215,37 @@ impl EventInvoker for EngineInvoker {
 
     fn new_request_id(&self) -> String {
         lamina_engine::random_uuid().to_string()
+    }
+}
+
+/// Forwards function changes to the invoker and forgets the event invoke configurations
+/// of a deleted function, so a function created again under its name starts without them.
+#[derive(Debug)]
+pub struct ForgetDeletedConfigs {
+    pub inner: Arc<dyn FunctionChangeListener>,
+    pub store: Arc<dyn MetadataStore>,
+    pub configs: Arc<ConfigStore>,
+}
+
+impl FunctionChangeListener for ForgetDeletedConfigs {
+    fn function_changed(&self, function_name: &str) {
+        self.inner.function_changed(function_name);
+        if matches!(self.store.get_version(function_name, LATEST), Ok(None)) {
+            for (qualifier, _) in self.configs.list(function_name) {
+                if let Err(error) = self.configs.delete(function_name, &qualifier) {
+                    tracing::warn!(%error, function = function_name,
+                        "could not remove the event invoke configuration of a deleted function");
+                }
+            }
+        }
+    }
+
+    fn reservation_changed(&self, function_name: &str, reserved: Option<u32>) {
+        self.inner.reservation_changed(function_name, reserved);
+    }
+
+    fn code_in_use(&self) -> std::collections::HashSet<String> {
+        self.inner.code_in_use()
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use lamina_api::async_invoke::{AsyncInvocations, EngineInvoker};
+use lamina_api::async_invoke::{AsyncInvocations, EngineInvoker, ForgetDeletedConfigs};
 use lamina_api::{AppState, ControlPlane};
 use lamina_engine::host_memory::HostMemory;
 use lamina_engine::{Engine, EngineConfig, KeepAlive};
@@ -182,11 +182,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the invoker")?;
         engine.spawn_reaper();
         let code_for_shutdown = code.clone();
-        let control_plane = Arc::new(
-            ControlPlane::new(account, store, code)
-                .with_concurrency_limit(args.concurrency_limit)
-                .with_change_listener(engine.clone()),
-        );
         // Asynchronous invocation: the durable queue, and its dispatcher running due
         // events on the engine (events stored before a crash are due again at once).
         let queue_path = data_dir.join("queue.db");
@@ -198,6 +193,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(ConfigStore::open(&queue_path).with_context(|| {
                 format!("cannot open the event queue {}", queue_path.display())
             })?);
+        let control_plane = Arc::new(
+            ControlPlane::new(account, store.clone(), code)
+                .with_concurrency_limit(args.concurrency_limit)
+                .with_change_listener(Arc::new(ForgetDeletedConfigs {
+                    inner: engine.clone(),
+                    store,
+                    configs: event_configs.clone(),
+                })),
+        );
         let dispatcher = Dispatcher::new(
             queue.clone(),
             event_configs.clone(),

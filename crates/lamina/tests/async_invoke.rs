@@ -548,6 +548,55 @@ async fn the_event_invoke_config_api_validates_like_aws() {
         .await
         .unwrap_err();
     assert_eq!(aws_error(error).1, 404);
+
+    // A function deleted and created again starts without the old configuration.
+    client
+        .put_function_event_invoke_config()
+        .function_name("configured")
+        .maximum_retry_attempts(1)
+        .send()
+        .await
+        .unwrap();
+    client
+        .delete_function()
+        .function_name("configured")
+        .send()
+        .await
+        .unwrap();
+    deploy(&client, "configured").await;
+    let error = client
+        .get_function_event_invoke_config()
+        .function_name("configured")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(aws_error(error).1, 404);
+    // A missing function is 404 for every operation.
+    let error = client
+        .get_function_event_invoke_config()
+        .function_name("missing")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(aws_error(error).0, "ResourceNotFoundException");
+    // Function ARNs are accepted as dead-letter targets; other kinds are not yet.
+    let error = client
+        .update_function_configuration()
+        .function_name("configured")
+        .dead_letter_config(
+            DeadLetterConfig::builder()
+                .target_arn("arn:aws:sqs:us-east-1:000000000000:dlq")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    let (exception, status, message) = aws_error(error);
+    assert_eq!(
+        (exception.as_str(), status),
+        ("NotImplementedException", 501)
+    );
+    assert!(message.contains("dead-letter target"), "{message}");
 }
 
 /// Events acknowledged with 202 survive SIGKILL and run after the restart. The function is
