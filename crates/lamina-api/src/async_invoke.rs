@@ -173,8 +173,9 @@ impl EventInvoker for EngineInvoker {
             client_context: event.client_context.clone(),
             tail_log: false,
         };
+        let request_id = event.id.clone();
         Box::pin(async move {
-            match self.engine.invoke(request).await {
+            match self.engine.invoke_as(request, Some(request_id)).await {
                 Ok(result) => Attempt::Finished {
                     executed_version: result.executed_version,
                     payload: result.payload,

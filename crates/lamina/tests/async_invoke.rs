@@ -300,8 +300,14 @@ async fn failures_are_retried_then_reach_on_failure_and_the_dead_letter_target()
     })
     .await;
     assert_eq!(dead, [payload]);
-    // One attempt and one retry, each with its START line.
+    // One attempt and one retry, each with its START line, under the event's request id.
     assert_eq!(starts(&server.endpoint, "flaky"), 2);
+    let request_id = context["requestId"].as_str().unwrap();
+    let same_id = log_messages(&server.endpoint, "flaky")
+        .iter()
+        .filter(|m| m.starts_with(&format!("START RequestId: {request_id}")))
+        .count();
+    assert_eq!(same_id, 2, "both attempts log the event's request id");
 }
 
 #[tokio::test]
