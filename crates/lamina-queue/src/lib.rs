@@ -18,6 +18,7 @@
 //! `nak` with delay.
 
 mod config;
+pub mod conformance;
 mod dispatcher;
 mod sqlite;
 

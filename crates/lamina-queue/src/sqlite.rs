@@ -390,86 +390,16 @@ mod tests {
         )
     }
 
-    async fn next(queue: &SqliteQueue) -> QueuedEvent {
-        tokio::time::timeout(Duration::from_secs(5), queue.next_due())
-            .await
-            .expect("an event is due")
-    }
-
-    /// Waits until the writer has applied everything sent so far: commands are applied
-    /// in order, so once a later enqueue is durable, so are they.
-    async fn settle(queue: &SqliteQueue) {
-        queue.enqueue(event("barrier2")).await.unwrap();
-    }
-
     #[tokio::test]
-    async fn enqueued_events_are_due_in_order_and_survive_reopen() {
+    async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.db");
-        {
-            let queue = SqliteQueue::open(&path).unwrap();
-            for i in 0..3 {
-                queue.enqueue(event(&format!("e{i}"))).await.unwrap();
-            }
-            assert_eq!(queue.len(), 3);
-            let first = next(&queue).await;
-            assert_eq!(first.id, "e0");
-            // Leased, never acknowledged: after a restart it is due again.
-        }
-        let queue = SqliteQueue::open(&path).unwrap();
-        let mut ids: Vec<String> = Vec::new();
-        for _ in 0..3 {
-            ids.push(next(&queue).await.id);
-        }
-        ids.sort();
-        assert_eq!(ids, ["e0", "e1", "e2"]);
-    }
-
-    #[tokio::test]
-    async fn acknowledged_events_are_gone_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.db");
-        {
-            let queue = SqliteQueue::open(&path).unwrap();
-            queue.enqueue(event("done")).await.unwrap();
-            queue.enqueue(event("pending")).await.unwrap();
-            let done = next(&queue).await;
-            queue.ack(&done.id);
-            settle(&queue).await;
-        }
-        let queue = SqliteQueue::open(&path).unwrap();
-        let mut ids = vec![next(&queue).await.id, next(&queue).await.id];
-        ids.sort();
-        assert_eq!(ids, ["barrier2", "pending"]);
-        assert_eq!(queue.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn retries_wait_for_their_time_and_persist_their_attempts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.db");
-        {
-            let queue = SqliteQueue::open(&path).unwrap();
-            queue.enqueue(event("r")).await.unwrap();
-            let mut leased = next(&queue).await;
-            leased.attempts = 1;
-            leased.due_at_ms = now_ms() + 300;
-            let started = std::time::Instant::now();
-            queue.retry_at(leased.clone(), true);
-            let again = next(&queue).await;
-            assert!(started.elapsed() >= Duration::from_millis(250));
-            assert_eq!(again.attempts, 1);
-            leased.due_at_ms = now_ms() + 60_000;
-            leased.attempts = 2;
-            queue.retry_at(leased, true);
-            settle(&queue).await;
-        }
-        let queue = SqliteQueue::open(&path).unwrap();
-        let first = next(&queue).await;
-        assert_eq!(first.id, "barrier2", "the retry is still a minute away");
-        let schedule = queue.scheduler.schedule.lock().unwrap();
-        let Reverse(Delayed(delayed)) = schedule.delayed.peek().unwrap();
-        assert_eq!((delayed.id.as_str(), delayed.attempts), ("r", 2));
+        let path = dir.path().join("a.db");
+        crate::conformance::leased_events_return_and_acknowledged_ones_do_not(|| {
+            SqliteQueue::open(&path).unwrap()
+        })
+        .await;
+        let path = dir.path().join("b.db");
+        crate::conformance::retries_wait_for_their_time(|| SqliteQueue::open(&path).unwrap()).await;
     }
 
     #[tokio::test]
