@@ -80,6 +80,10 @@ pub enum ApiError {
     ProvisionedConcurrencyConfigNotFound,
     #[error("reserved concurrency {reserved} is below the provisioned {provisioned}")]
     ReservedBelowProvisioned { reserved: u32, provisioned: u64 },
+    #[error("the function {arn} doesn't have an EventInvokeConfig")]
+    EventInvokeConfigNotFound { arn: String },
+    #[error(transparent)]
+    Queue(lamina_queue::QueueError),
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -371,6 +375,15 @@ impl ApiError {
                      total provisioned concurrency [{provisioned}]."
                 ),
             ),
+            ApiError::EventInvokeConfigNotFound { arn } => AwsError {
+                message_key: "Message",
+                ..user(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    format!("The function {arn} doesn't have an EventInvokeConfig"),
+                )
+            },
+            ApiError::Queue(queue) => service_error(queue.to_string()),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
     }

@@ -29,6 +29,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub async fn invoke(
     State(control_plane): State<Arc<ControlPlane>>,
     State(engine): State<Arc<Engine>>,
+    invocations: crate::async_invoke::MaybeAsync,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -50,29 +51,12 @@ pub async fn invoke(
     violations.into_result().map_err(RequestError::from)?;
     let function = control_plane.resolve(&name, qualifier.as_deref(), NameShape::Namespaced)?;
 
-    let declared = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
-    let too_large = || ApiError::BodyTooLarge {
-        operation: "InvokeFunction",
-        size: declared.map(|s| s as u64),
-        limit: MAX_SYNC_PAYLOAD_BYTES as u64,
-    };
-    if declared.is_some_and(|size| size > MAX_SYNC_PAYLOAD_BYTES) {
-        crate::discard_body(body).await;
-        return Err(too_large());
-    }
-    let payload = axum::body::to_bytes(body, MAX_SYNC_PAYLOAD_BYTES)
-        .await
-        .map_err(|_| too_large())?;
-    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
+    let limit = if invocation_type == "Event" {
+        crate::async_invoke::MAX_EVENT_PAYLOAD_BYTES
     } else {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
-            ApiError::InvalidPayload {
-                detail: e.to_string(),
-            }
-        })?;
-        payload
+        MAX_SYNC_PAYLOAD_BYTES
     };
+    let payload = read_payload(&headers, body, "InvokeFunction", limit).await?;
 
     let client_context = match header(&headers, "x-amz-client-context") {
         None => None,
@@ -86,10 +70,21 @@ pub async fn invoke(
             crate::blocking(move || cp.get_function_configuration(&function).map(|_| ())).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        "Event" => Err(RequestError::NotImplemented {
-            feature: "asynchronous invocation (InvocationType Event)".to_owned(),
+        "Event" => {
+            let request_id = crate::async_invoke::accept_event(
+                invocations.as_ref().map(|axum::Extension(i)| i.as_ref()),
+                &control_plane,
+                function,
+                payload,
+                client_context,
+            )
+            .await?;
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-amzn-RequestId", value);
+            }
+            Ok(response)
         }
-        .into()),
         _ => {
             let request = InvokeRequest {
                 function_name: function.name,
@@ -125,6 +120,37 @@ pub async fn invoke(
             Ok(response)
         }
     }
+}
+
+/// Reads an invocation's payload (at most `limit` bytes, 413 above; JSON; empty = `{}`).
+pub(crate) async fn read_payload(
+    headers: &HeaderMap,
+    body: Body,
+    operation: &'static str,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let too_large = || ApiError::BodyTooLarge {
+        operation,
+        size: declared.map(|s| s as u64),
+        limit: limit as u64,
+    };
+    if declared.is_some_and(|size| size > limit) {
+        crate::discard_body(body).await;
+        return Err(too_large());
+    }
+    let payload = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&payload).map_err(|e| {
+        ApiError::InvalidPayload {
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(payload)
 }
 
 /// The runtime receives the client context as the JSON the caller encoded.

@@ -22,6 +22,7 @@ use lamina_model::NameShape;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod async_invoke;
 mod concurrency;
 pub mod error;
 mod invoke;
@@ -57,7 +58,8 @@ impl axum::extract::FromRef<AppState> for Arc<Engine> {
     }
 }
 
-/// The whole Lambda API: the control plane and synchronous invocation.
+/// The whole Lambda API: the control plane and invocation. Asynchronous invocation needs
+/// an `Extension<Arc<async_invoke::AsyncInvocations>>` layered on top (501 without).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
@@ -83,6 +85,25 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async",
+            post(async_invoke::invoke_async),
+        )
+        .route(
+            "/2014-11-13/functions/{name}/invoke-async/",
+            post(async_invoke::invoke_async),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            axum::routing::put(async_invoke::put_event_invoke_config)
+                .post(async_invoke::update_event_invoke_config)
+                .get(async_invoke::get_event_invoke_config)
+                .delete(async_invoke::delete_event_invoke_config),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(async_invoke::list_event_invoke_configs),
         )
         .route(
             "/2017-10-31/functions/{name}/concurrency",

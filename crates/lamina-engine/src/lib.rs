@@ -789,6 +789,16 @@ impl Engine {
 
     /// A synchronous (`RequestResponse`) invocation.
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResult, EngineError> {
+        self.invoke_as(request, None).await
+    }
+
+    /// An invocation under a given request id: every attempt of an asynchronous event
+    /// carries the event's id, as on AWS. `None` draws a fresh one.
+    pub async fn invoke_as(
+        &self,
+        request: InvokeRequest,
+        request_id: Option<String>,
+    ) -> Result<InvokeResult, EngineError> {
         let version_name = self
             .resolve_version(&request.function_name, request.qualifier.as_deref())
             .await?;
@@ -799,7 +809,7 @@ impl Engine {
             .acquire(&request.function_name)
             .map_err(|reason| EngineError::Throttled { reason })?;
         let version = slot.version.clone();
-        let request_id = random_uuid().to_string();
+        let request_id = request_id.unwrap_or_else(|| random_uuid().to_string());
 
         let popped = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let _busy = BusyGuard::enter(&slot, popped.is_none());

@@ -71,6 +71,12 @@ impl From<RuntimeRejection> for RequestError {
     }
 }
 
+/// `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`.
+fn is_function_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(parts.as_slice(), ["arn", _, "lambda", _, _, "function", name, ..] if !name.is_empty() && parts.len() <= 8)
+}
+
 fn not_implemented(feature: &str) -> RequestError {
     RequestError::NotImplemented {
         feature: feature.to_owned(),
@@ -676,10 +682,13 @@ impl SettingsInput {
             .as_ref()
             .and_then(|d| d.target_arn.as_ref())
             .filter(|arn| !arn.is_empty())
+            // Asynchronous invocation delivers dead letters to Lamina functions only so far.
+            .filter(|arn| !is_function_arn(arn))
         {
             return Err(not_implemented(&format!(
-                "DeadLetterConfig (target {target}): dead-letter queues arrive with asynchronous \
-                 invocation"
+                "DeadLetterConfig with target {target} (only a Lamina function, \
+                 arn:aws:lambda:REGION:ACCOUNT:function:NAME, can be a dead-letter target so far; \
+                 SQS and SNS targets)"
             )));
         }
         if let Some(vpc) = &self.vpc_config {

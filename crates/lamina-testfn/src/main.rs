@@ -6,7 +6,8 @@
 //! (module state survives warm invokes), `error`, `sleep {ms}`, `exit {code}`,
 //! `alloc {mb}`, `print {lines}`, `write_tmp {mb}`, `big_response {bytes}`, `probe`
 //! (what the sandbox lets it see and do), `connect {addr}`, `read {path}` (a file's text,
-//! e.g. one a layer put under `/opt`).
+//! e.g. one a layer put under `/opt`). With `LAMINA_TESTFN_LOG_EVENTS` set it prints
+//! every event as `EVENT <json>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,6 +23,10 @@ async fn main() -> Result<(), Error> {
 
 async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
     let (payload, context) = event.into_parts();
+    // Asynchronous tests read what a function received from its log.
+    if std::env::var_os("LAMINA_TESTFN_LOG_EVENTS").is_some() {
+        println!("EVENT {payload}");
+    }
     let count = INVOCATIONS.fetch_add(1, Ordering::SeqCst) + 1;
     let action = payload
         .get("action")

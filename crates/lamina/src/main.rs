@@ -9,14 +9,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
+use lamina_api::async_invoke::{AsyncInvocations, EngineInvoker, ForgetDeletedConfigs};
 use lamina_api::{AppState, ControlPlane};
 use lamina_engine::host_memory::HostMemory;
 use lamina_engine::{Engine, EngineConfig, KeepAlive};
 use lamina_model::Account;
+use lamina_queue::{ConfigStore, DispatchSettings, Dispatcher, EventQueue, SqliteQueue};
 use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
-
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +73,25 @@ struct ServeArgs {
     /// of the host's memory, at least 256 MB.
     #[arg(long, env = "LAMINA_HOST_MEMORY_RESERVE_MB")]
     host_memory_reserve_mb: Option<u64>,
+    /// Delays (ms) before the first and second retry of an asynchronous invocation that
+    /// failed (AWS: about one minute, then two).
+    #[arg(
+        long,
+        env = "LAMINA_ASYNC_RETRY_DELAYS_MS",
+        value_delimiter = ',',
+        default_value = "60000,120000"
+    )]
+    async_retry_delays_ms: Vec<u64>,
+    /// First delay (ms) before a throttled asynchronous event is tried again; it grows
+    /// with the event's age up to `--async-throttle-delay-max-ms`.
+    #[arg(long, env = "LAMINA_ASYNC_THROTTLE_DELAY_MS", default_value_t = 1000)]
+    async_throttle_delay_ms: u64,
+    #[arg(
+        long,
+        env = "LAMINA_ASYNC_THROTTLE_DELAY_MAX_MS",
+        default_value_t = 300_000
+    )]
+    async_throttle_delay_max_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,11 +176,43 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the invoker")?;
         engine.spawn_reaper();
         let code_for_shutdown = code.clone();
+        // Asynchronous invocation: the durable queue, and its dispatcher running due
+        // events on the engine (events stored before a crash are due again at once).
+        let queue_path = data_dir.join("queue.db");
+        let queue: Arc<dyn EventQueue> =
+            Arc::new(SqliteQueue::open(&queue_path).with_context(|| {
+                format!("cannot open the event queue {}", queue_path.display())
+            })?);
+        let event_configs =
+            Arc::new(ConfigStore::open(&queue_path).with_context(|| {
+                format!("cannot open the event queue {}", queue_path.display())
+            })?);
         let control_plane = Arc::new(
-            ControlPlane::new(account, store, code)
+            ControlPlane::new(account, store.clone(), code)
                 .with_concurrency_limit(args.concurrency_limit)
-                .with_change_listener(engine.clone()),
+                .with_change_listener(Arc::new(ForgetDeletedConfigs {
+                    inner: engine.clone(),
+                    store,
+                    configs: event_configs.clone(),
+                })),
         );
+        let dispatcher = Dispatcher::new(
+            queue.clone(),
+            event_configs.clone(),
+            Arc::new(EngineInvoker::new(engine.clone(), control_plane.clone())),
+            DispatchSettings {
+                retry_delays: args
+                    .async_retry_delays_ms
+                    .iter()
+                    .map(|ms| Duration::from_millis(*ms))
+                    .collect(),
+                throttle_delay: Duration::from_millis(args.async_throttle_delay_ms),
+                throttle_delay_max: Duration::from_millis(args.async_throttle_delay_max_ms),
+                max_in_flight: args.concurrency_limit as usize,
+            },
+        );
+        dispatcher.spawn();
+        let async_invocations = Arc::new(AsyncInvocations::new(queue, event_configs));
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
         control_plane.collect_unused_code();
@@ -190,7 +242,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let lambda_api = lamina_api::router(AppState {
             control_plane,
             engine: engine.clone(),
-        });
+        })
+        .layer(axum::Extension(async_invocations));
         // CloudWatch Logs (JSON 1.1, `POST /` with `X-Amz-Target`) and Lambda (REST-JSON)
         // share the port, as `aws logs tail` and `aws lambda` share one endpoint here.
         let app = axum::Router::new().fallback_service(tower::service_fn(
@@ -215,6 +268,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")?;
+        dispatcher.stop().await;
         let engine_for_shutdown = engine.clone();
         tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;
         if let Err(error) = logs.sink().flush_async().await {

@@ -395,7 +395,10 @@ async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
         .await
         .unwrap();
     assert_eq!(put.requested_provisioned_concurrent_executions(), Some(2));
-    assert_eq!(put.status(), Some(&ProvisionedConcurrencyStatusEnum::InProgress));
+    assert_eq!(
+        put.status(),
+        Some(&ProvisionedConcurrencyStatusEnum::InProgress)
+    );
     let mut ready = None;
     for _ in 0..100 {
         let got = client
@@ -483,7 +486,12 @@ async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
         .unwrap();
     let configs = listed.provisioned_concurrency_configs();
     assert_eq!(configs.len(), 1);
-    assert!(configs[0].function_arn().unwrap().ends_with(":function:warm:1"));
+    assert!(
+        configs[0]
+            .function_arn()
+            .unwrap()
+            .ends_with(":function:warm:1")
+    );
 
     let missing = client
         .get_provisioned_concurrency_config()

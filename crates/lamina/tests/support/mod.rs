@@ -40,6 +40,11 @@ impl LaminaServer {
         LaminaServer::launch(data_dir, &[])
     }
 
+    /// Starts a server on an existing data directory with extra `lamina serve` arguments.
+    pub fn start_in_with(data_dir: &Path, args: &[&str]) -> LaminaServer {
+        LaminaServer::launch(data_dir, args)
+    }
+
     fn launch(data_dir: &Path, args: &[&str]) -> LaminaServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
