@@ -186,10 +186,15 @@ impl ApiError {
                 EngineError::FunctionNotFound { arn } => {
                     ApiError::FunctionNotFound { arn: arn.clone() }.aws_error()
                 }
-                EngineError::RuntimeUnavailable { runtime } => not_implemented_error(format!(
-                    "runtime {runtime} is not available in this build of Lamina: only the \
-                     provided.al2023 and provided.al2 runtimes (a bootstrap in the zip) run so far"
-                )),
+                // The environment cannot start: a platform fault, in the exception AWS
+                // answers when a function's runtime cannot run (502, SDKs retry it).
+                EngineError::RuntimeUnavailable(unavailable) => AwsError {
+                    status: StatusCode::BAD_GATEWAY,
+                    exception: "InvalidRuntimeException",
+                    message_key: "Message",
+                    message: sentence(&unavailable.to_string()),
+                    fault: "Service",
+                },
                 EngineError::MissingBootstrap
                 | EngineError::Store(_)
                 | EngineError::Code(_)
@@ -217,6 +222,15 @@ impl ApiError {
             ApiError::UnknownOperation { .. } => not_implemented_error(self.to_string()),
             ApiError::Internal { detail } => service_error(detail.clone()),
         }
+    }
+}
+
+/// A message that starts with a capital letter, as AWS's do.
+pub(crate) fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 

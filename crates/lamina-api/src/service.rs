@@ -16,6 +16,7 @@ use lamina_model::{
     Account, FunctionConfiguration, FunctionRef, FunctionVersion, LATEST, NameShape, RequestError,
     Violations,
 };
+use lamina_runtimes::RuntimeCatalog;
 use lamina_store::{CodeLimits, CodeStore, ListPosition, MetadataStore, StoreError, version_order};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,8 @@ pub struct ControlPlane {
     /// and exclusively by code garbage collection, so GC never removes a zip that a
     /// request is about to reference.
     code_gc: RwLock<()>,
+    /// Which runtimes this server can run: a function of any other is refused.
+    runtimes: Arc<RuntimeCatalog>,
 }
 
 /// Whoever must forget a function's old state when it changes.
@@ -136,6 +139,26 @@ impl ControlPlane {
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
             change_listener: None,
             code_gc: RwLock::new(()),
+            runtimes: Arc::new(RuntimeCatalog::own_bootstraps_only()),
+        }
+    }
+
+    /// The runtimes functions may use (by default only `provided.*`).
+    pub fn with_runtimes(mut self, runtimes: Arc<RuntimeCatalog>) -> Self {
+        self.runtimes = runtimes;
+        self
+    }
+
+    /// Refuses a runtime this server cannot run, naming it and the fix, rather than
+    /// storing a function that could never start.
+    fn check_runtime_available(&self, runtime: Option<&str>) -> Result<(), ApiError> {
+        match runtime.map(|r| self.runtimes.check(r)) {
+            Some(Err(unavailable)) => Err(RequestError::InvalidParameter(format!(
+                "The runtime parameter of {} is not available on this Lamina server: {}",
+                unavailable.runtime, unavailable.reason
+            ))
+            .into()),
+            _ => Ok(()),
         }
     }
 
@@ -268,6 +291,7 @@ impl ControlPlane {
         request: CreateFunctionRequest,
     ) -> Result<FunctionConfiguration, ApiError> {
         let (function, settings) = request.validate()?;
+        self.check_runtime_available(settings.runtime.as_deref())?;
         if request.publish == Some(true) {
             return Err(RequestError::NotImplemented {
                 feature: "Publish (published versions arrive with the versions issue)".to_owned(),
@@ -440,6 +464,9 @@ impl ControlPlane {
     ) -> Result<FunctionConfiguration, ApiError> {
         let current = self.find_latest_for_update(function)?;
         let settings = request.apply_to(&current.settings)?;
+        if request.settings.runtime.is_some() {
+            self.check_runtime_available(settings.runtime.as_deref())?;
+        }
         check_revision(&current, request.revision_id.as_deref())?;
         if let Some(layer) = settings.layers.first() {
             return Err(layer_not_found(&layer.arn));

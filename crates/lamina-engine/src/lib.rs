@@ -48,8 +48,8 @@ pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6_291_456;
 pub enum EngineError {
     #[error("function not found: {arn}")]
     FunctionNotFound { arn: String },
-    #[error("runtime {runtime} is not available in this build of lamina")]
-    RuntimeUnavailable { runtime: String },
+    #[error("{0}")]
+    RuntimeUnavailable(lamina_runtimes::Unavailable),
     #[error("the deployment package has no bootstrap")]
     MissingBootstrap,
     #[error(transparent)]
@@ -73,6 +73,8 @@ pub struct EngineConfig {
     pub account: Account,
     /// How long an idle environment is kept warm.
     pub idle_timeout: Duration,
+    /// The managed runtimes this server can start, and how.
+    pub runtimes: Arc<lamina_runtimes::RuntimeCatalog>,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -348,6 +350,7 @@ impl Engine {
             region: self.config.account.region.clone(),
         };
         let sandbox = self.sandbox.clone();
+        let runtimes = self.config.runtimes.clone();
         let code = self.code.clone();
         let logs = self.logs.clone();
         let version = slot.version.clone();
@@ -362,7 +365,7 @@ impl Engine {
                 "code located"
             );
             let environment = Environment::start(
-                &sandbox, &version, &task_dir, &context, &logs, &runtime, code_lease,
+                &sandbox, &runtimes, &version, &task_dir, &context, &logs, &runtime, code_lease,
             );
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use lamina_api::{AppState, ControlPlane};
 use lamina_engine::{Engine, EngineConfig};
 use lamina_model::Account;
+use lamina_runtimes::{RuntimeCatalog, RuntimeOverride, RuntimeStatus, SearchPaths};
 use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
@@ -31,6 +32,49 @@ struct Cli {
 enum Command {
     /// Run the platform: the Lambda API and everything behind it.
     Serve(ServeArgs),
+    /// List the runtimes functions can use here, the ones missing and how to install them.
+    Runtimes(RuntimesArgs),
+}
+
+/// Which interpreters the managed runtimes use.
+#[derive(Debug, clap::Args)]
+struct RuntimeArgs {
+    /// Use this interpreter for a runtime (`python3.12=/opt/py/bin/python3.12`, or its
+    /// install directory); `RUNTIME~=PATH` accepts another language version on purpose
+    /// (`python3.14~=/usr/bin/python3.11`); `RUNTIME=none` turns a runtime off. Repeat the
+    /// option, or separate entries with commas in LAMINA_RUNTIMES. Runtimes not named are
+    /// found on the host (PATH, /usr/bin, pyenv, uv, nvm, ~/.local/share/lamina/runtimes).
+    #[arg(
+        long = "runtime",
+        env = "LAMINA_RUNTIMES",
+        value_name = "RUNTIME=PATH",
+        value_delimiter = ','
+    )]
+    runtimes: Vec<String>,
+}
+
+impl RuntimeArgs {
+    fn discover(&self) -> anyhow::Result<RuntimeCatalog> {
+        let overrides = self
+            .runtimes
+            .iter()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| value.parse::<RuntimeOverride>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RuntimeCatalog::discover(
+            &overrides,
+            &SearchPaths::from_environment(),
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RuntimesArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +98,8 @@ struct ServeArgs {
     /// Seconds an idle execution environment is kept warm before it is reaped.
     #[arg(long, env = "LAMINA_IDLE_TIMEOUT", default_value_t = 300)]
     idle_timeout: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,7 +112,67 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Runtimes(args) => list_runtimes(args),
     }
+}
+
+fn list_runtimes(args: RuntimesArgs) -> anyhow::Result<()> {
+    let catalog = args.runtime.discover()?;
+    if args.json {
+        let entries: Vec<serde_json::Value> = catalog
+            .entries()
+            .map(|(spec, status)| {
+                let mut entry = serde_json::json!({
+                    "runtime": spec.id,
+                    "language": spec.language,
+                    "version": spec.version,
+                });
+                if let serde_json::Value::Object(fields) =
+                    serde_json::to_value(status).expect("statuses serialise")
+                {
+                    entry.as_object_mut().expect("an object").extend(fields);
+                }
+                entry
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    println!("{:<17}{:<13}DETAILS", "RUNTIME", "STATUS");
+    for (spec, status) in catalog.entries() {
+        let (word, details) = match status {
+            RuntimeStatus::OwnBootstrap => {
+                ("available", "runs the function's own bootstrap".to_owned())
+            }
+            RuntimeStatus::Available { interpreter, .. } => {
+                let mut details = format!(
+                    "{} {}  {}",
+                    spec.language.display_name(),
+                    interpreter.full_version,
+                    interpreter.executable.display()
+                );
+                if interpreter.version_mismatch {
+                    details.push_str(&format!(
+                        "  (not {} {}: chosen with --runtime {}~=)",
+                        spec.language.display_name(),
+                        spec.version,
+                        spec.id
+                    ));
+                } else if interpreter.configured {
+                    details.push_str("  (--runtime)");
+                }
+                ("available", details)
+            }
+            RuntimeStatus::Missing { hint } => ("missing", hint.clone()),
+            RuntimeStatus::Disabled => (
+                "disabled",
+                format!("turned off with --runtime {}=none", spec.id),
+            ),
+            RuntimeStatus::Unsupported { reason } => ("unsupported", reason.clone()),
+        };
+        println!("{:<17}{word:<13}{details}", spec.id);
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -78,6 +184,38 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
+
+    let mut runtimes = args.runtime.discover()?;
+    runtimes
+        .install(&data_dir.join("runtimes"))
+        .context("cannot prepare the managed runtimes")?;
+    let available: Vec<&str> = runtimes
+        .entries()
+        .filter(|(_, status)| matches!(status, RuntimeStatus::Available { .. }))
+        .map(|(spec, _)| spec.id)
+        .collect();
+    let missing: Vec<&str> = runtimes
+        .entries()
+        .filter(|(_, status)| matches!(status, RuntimeStatus::Missing { .. }))
+        .map(|(spec, _)| spec.id)
+        .collect();
+    tracing::info!(
+        "managed runtimes: {} available{}",
+        if available.is_empty() {
+            "none".to_owned()
+        } else {
+            available.join(" ")
+        },
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; missing {} (`lamina runtimes` says how to install them)",
+                missing.join(" ")
+            )
+        }
+    );
+    let runtimes = Arc::new(runtimes);
 
     let store = SqliteStore::open(&data_dir.join("lamina.db"))
         .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?;
@@ -118,6 +256,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             EngineConfig {
                 account: account.clone(),
                 idle_timeout: Duration::from_secs(args.idle_timeout),
+                runtimes: runtimes.clone(),
             },
             store.clone(),
             code.clone(),
@@ -126,8 +265,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         engine.spawn_reaper();
         let code_for_shutdown = code.clone();
-        let control_plane =
-            Arc::new(ControlPlane::new(account, store, code).with_change_listener(engine.clone()));
+        let control_plane = Arc::new(
+            ControlPlane::new(account, store, code)
+                .with_change_listener(engine.clone())
+                .with_runtimes(runtimes.clone()),
+        );
         // A crash between writing a zip and storing the version that uses it leaves an
         // orphan; collect those before serving.
         control_plane.collect_unused_code();
