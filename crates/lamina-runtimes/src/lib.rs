@@ -843,7 +843,7 @@ mod tests {
                 "81920",
                 "--max-semi-space-size=51",
                 "--max-old-space-size=922",
-                "/var/runtime/index.mjs"
+                "/var/runtime/index.js"
             ]
         );
         assert_eq!(
@@ -876,7 +876,7 @@ mod tests {
                 "--expose-gc",
                 "--max-http-header-size",
                 "81920",
-                "/var/runtime/index.mjs"
+                "/var/runtime/index.js"
             ]
         );
 

@@ -1,4 +1,4 @@
-//! Node.js: Lamina's bootstrap (`bootstraps/nodejs/index.mjs`) and the command line AWS's
+//! Node.js: Lamina's bootstrap (`bootstraps/nodejs/index.js`) and the command line AWS's
 //! runtime starts node with: heap limits from the function's memory (unless NODE_OPTIONS
 //! sets them), `--expose-gc`, `--max-http-header-size 81920`, and NODE_PATH.
 
@@ -7,10 +7,10 @@ use std::path::Path;
 use crate::catalog::RuntimeSpec;
 use crate::{LaunchPaths, LaunchRequest};
 
-pub(crate) const BOOTSTRAP: &str = include_str!("../bootstraps/nodejs/index.mjs");
+pub(crate) const BOOTSTRAP: &str = include_str!("../bootstraps/nodejs/index.js");
 
 pub(crate) fn install(dir: &Path) -> std::io::Result<()> {
-    crate::write_readable(&dir.join("index.mjs"), BOOTSTRAP.as_bytes())
+    crate::write_readable(&dir.join("index.js"), BOOTSTRAP.as_bytes())
 }
 
 pub(crate) fn launch(
@@ -43,7 +43,7 @@ pub(crate) fn launch(
             request.memory_mb - new_space
         ));
     }
-    argv.push(format!("{}/index.mjs", paths.runtime));
+    argv.push(format!("{}/index.js", paths.runtime));
     let node_path = format!(
         "/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:{runtime}/node_modules:{runtime}:/var/task",
         major = spec.version,
