@@ -286,3 +286,30 @@ impl IntoResponse for ApiError {
         aws.into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_that_cannot_start_is_a_platform_fault_in_aws_s_exception() {
+        let error = ApiError::Engine(EngineError::RuntimeUnavailable(
+            lamina_runtimes::Unavailable {
+                runtime: "python3.14".to_owned(),
+                reason: "no Python 3.14 interpreter was found".to_owned(),
+            },
+        ));
+        assert_eq!(
+            error.aws_error(),
+            AwsError {
+                status: StatusCode::BAD_GATEWAY,
+                exception: "InvalidRuntimeException",
+                message_key: "Message",
+                message: "Runtime python3.14 is not available on this Lamina server: no Python \
+                          3.14 interpreter was found"
+                    .to_owned(),
+                fault: "Service",
+            }
+        );
+    }
+}

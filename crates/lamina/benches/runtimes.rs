@@ -11,7 +11,8 @@
 //!   unpacked;
 //! - warm invoke p50/p99, sequential, on one connection.
 //!
-//! The functions are no-op handlers at `LAMINA_BENCH_MEMORY` MB (default 1769, one vCPU).
+//! The functions are no-op handlers at `LAMINA_BENCH_MEMORY` MB (default 1769, one vCPU);
+//! `LAMINA_BENCH_SANDBOX=process` compares the process tier.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -128,7 +129,8 @@ fn main() {
         .unwrap_or(1769);
     let functions = functions();
     let data = tempfile::tempdir().unwrap();
-    let (server, host, sandbox) = http::start_server(data.path(), &[]);
+    let tier = std::env::var("LAMINA_BENCH_SANDBOX").unwrap_or_else(|_| "auto".to_owned());
+    let (server, host, sandbox) = http::start_server(data.path(), &["--sandbox", &tier]);
     println!("lamina at {host}; sandbox: {sandbox}; functions at {memory} MB");
     let mut connection = Connection::open(&host);
     let mut bare_done = std::collections::HashSet::new();

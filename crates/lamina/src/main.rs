@@ -135,10 +135,9 @@ fn list_runtimes(args: RuntimesArgs) -> anyhow::Result<()> {
                 entry
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
+        return print_output(&(serde_json::to_string_pretty(&entries)? + "\n"));
     }
-    println!("{:<17}{:<13}DETAILS", "RUNTIME", "STATUS");
+    let mut table = format!("{:<17}{:<13}DETAILS\n", "RUNTIME", "STATUS");
     for (spec, status) in catalog.entries() {
         let (word, details) = match status {
             RuntimeStatus::OwnBootstrap => {
@@ -170,9 +169,18 @@ fn list_runtimes(args: RuntimesArgs) -> anyhow::Result<()> {
             ),
             RuntimeStatus::Unsupported { reason } => ("unsupported", reason.clone()),
         };
-        println!("{:<17}{word:<13}{details}", spec.id);
+        table.push_str(&format!("{:<17}{word:<13}{details}\n", spec.id));
     }
-    Ok(())
+    print_output(&table)
+}
+
+/// Writes to stdout; a reader that stops early (`| head`) is not an error.
+fn print_output(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

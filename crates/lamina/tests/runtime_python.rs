@@ -671,3 +671,73 @@ async fn every_available_python_version_runs_a_function() {
         );
     }
 }
+
+#[tokio::test]
+async fn function_variables_replace_the_defaults_and_a_wrapper_script_runs_first() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    let runtime = python();
+    let code = b"import os\n\ndef handler(event, context):\n    return {k: os.environ.get(k) for k in ['PATH', 'LD_LIBRARY_PATH', 'WRAPPED']}\n";
+    let wrapper = b"#!/bin/sh\nexport WRAPPED=\"$1\"\nexec \"$@\"\n";
+    let zip = zip_of(&[("app.py", code, 0o644), ("wrapper.sh", wrapper, 0o755)]);
+    let environment = |pairs: &[(&str, &str)]| {
+        let mut builder = aws_sdk_lambda::types::Environment::builder();
+        for (k, v) in pairs {
+            builder = builder.variables(*k, *v);
+        }
+        builder.build()
+    };
+    create_managed_with(
+        &client,
+        "own-paths",
+        &runtime,
+        "app.handler",
+        zip.clone(),
+        |b| {
+            b.environment(environment(&[
+                ("PATH", "/var/task/bin:/usr/bin"),
+                ("LD_LIBRARY_PATH", "/var/task/lib"),
+            ]))
+        },
+    )
+    .await;
+    create_managed_with(&client, "wrapped", &runtime, "app.handler", zip, |b| {
+        b.environment(environment(&[(
+            "AWS_LAMBDA_EXEC_WRAPPER",
+            "/var/task/wrapper.sh",
+        )]))
+    })
+    .await;
+
+    let own = invoke_tail(&client, "own-paths", json!({})).await;
+    assert_eq!(own.function_error, None, "{}\n{}", own.payload, own.log);
+    assert_eq!(own.payload["PATH"], "/var/task/bin:/usr/bin");
+    let needs_lib_dir = host_runtimes()
+        .iter()
+        .find(|r| r["runtime"] == runtime.as_str())
+        .map(|r| r["interpreter"]["needs_lib_dir"] == true)
+        .unwrap();
+    if linux_tier(&server) {
+        // The function's value, behind the interpreter's own library directory if it has one.
+        let expected = if needs_lib_dir {
+            "/var/lang/lib:/var/task/lib"
+        } else {
+            "/var/task/lib"
+        };
+        assert_eq!(own.payload["LD_LIBRARY_PATH"], expected);
+    }
+
+    let wrapped = invoke_tail(&client, "wrapped", json!({})).await;
+    assert_eq!(
+        wrapped.function_error, None,
+        "{}\n{}",
+        wrapped.payload, wrapped.log
+    );
+    if linux_tier(&server) {
+        // The wrapper gets the interpreter and its arguments, and execs them.
+        assert_eq!(
+            wrapped.payload["WRAPPED"],
+            format!("/var/lang/bin/{runtime}")
+        );
+    }
+}

@@ -104,7 +104,10 @@ class _DecodeContext:
     memo = {}
 
 
-_scan = _json.make_scanner(_DecodeContext)
+try:
+    _scan = _json.make_scanner(_DecodeContext)
+except Exception:  # a Python whose accelerator differs: the json package decodes
+    _scan = None
 _encode_string = _json.encode_basestring_ascii if _ENSURE_ASCII else _json.encode_basestring
 _WHITESPACE = " \t\n\r"
 # Marks where an exact Decimal goes: the C encoder can only emit what it knows.
@@ -114,6 +117,8 @@ _DECIMAL_MARK = "\x00lamina-decimal-%x-" % id(_DecodeContext)
 def _loads(data):
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     try:
+        if _scan is None:
+            raise ValueError("no scanner")
         start = len(text) - len(text.lstrip(_WHITESPACE))
         value, end = _scan(text, start)
         if text[end:].strip(_WHITESPACE):
@@ -124,6 +129,22 @@ def _loads(data):
         import json
 
         return json.loads(text)
+
+
+def _make_encoder(default, encode_string):
+    """json.dumps(allow_nan=True) through the C encoder, as the json package builds it.
+    A fresh markers dict each time: after a failure the old one may hold stale ids."""
+    try:
+        return _json.make_encoder({}, default, encode_string, None, ": ", ", ", False, False, True)
+    except (AttributeError, TypeError):  # a Python whose accelerator differs
+        import json
+
+        encoder = json.JSONEncoder(
+            default=default,
+            ensure_ascii=encode_string is _json.encode_basestring_ascii,
+            allow_nan=True,
+        )
+        return lambda value, _indent_level: encoder.iterencode(value)
 
 
 def _to_json(value):
@@ -140,9 +161,7 @@ def _to_json(value):
             return token
         raise TypeError("Object of type %s is not JSON serializable" % cls.__name__)
 
-    # A fresh markers dict each time: after a failure the old one may hold stale ids.
-    encode = _json.make_encoder({}, default, _encode_string, None, ": ", ", ", False, False, True)
-    text = "".join(encode(value, 0))
+    text = "".join(_make_encoder(default, _encode_string)(value, 0))
     for token, digits in decimals:
         text = text.replace(_encode_string(token), digits)
     return text
@@ -548,10 +567,7 @@ def _setup_logging(logging):
 
 
 def _to_json_unescaped(value):
-    encode = _json.make_encoder(
-        {}, _not_serializable, _json.encode_basestring, None, ": ", ", ", False, False, True
-    )
-    return "".join(encode(value, 0))
+    return "".join(_make_encoder(_not_serializable, _json.encode_basestring)(value, 0))
 
 
 def _not_serializable(obj):
