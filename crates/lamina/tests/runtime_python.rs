@@ -544,10 +544,13 @@ async fn json_log_format_writes_structured_logs() {
     assert_eq!(error["requestId"], rid);
 }
 
-/// aws-lambda-powertools, installed into the zip with pip as its documentation says,
-/// cached under the target directory.
-fn powertools_zip(handler: &str) -> Vec<u8> {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("aws-lambda-powertools");
+/// aws-lambda-powertools installed into the zip as AWS's documentation says to package
+/// dependencies for a runtime (`pip install --target … --python-version X.Y
+/// --only-binary=:all:`), cached per Python version under the target directory.
+fn powertools_zip(runtime: &str, handler: &str) -> Vec<u8> {
+    let version = version_of(runtime);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("aws-lambda-powertools-{version}"));
     let marker = dir.join(".installed");
     if !marker.exists() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -558,6 +561,13 @@ fn powertools_zip(handler: &str) -> Vec<u8> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                "--platform",
+                "manylinux2014_x86_64",
+                "--implementation",
+                "cp",
+                "--python-version",
+                version,
+                "--only-binary=:all:",
                 "--target",
             ])
             .arg(&dir)
@@ -618,7 +628,7 @@ async fn a_powertools_function_logs_with_its_lambda_context() {
         "powertools",
         &runtime,
         "app.handler",
-        powertools_zip(POWERTOOLS),
+        powertools_zip(&runtime, POWERTOOLS),
     )
     .await;
     for (attempt, cold) in [(1, true), (2, false)] {

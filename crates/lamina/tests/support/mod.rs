@@ -313,7 +313,11 @@ pub fn available_runtimes(language: &str) -> Vec<String> {
 }
 
 /// The newest available runtime of `language`; the tests of that language need one.
+/// `LAMINA_TEST_PYTHON=python3.9` (or `LAMINA_TEST_NODEJS=nodejs18.x`) picks another.
 pub fn newest_runtime(language: &str) -> String {
+    if let Ok(chosen) = std::env::var(format!("LAMINA_TEST_{}", language.to_uppercase())) {
+        return chosen;
+    }
     available_runtimes(language).pop().unwrap_or_else(|| {
         panic!(
             "no {language} runtime is available on this machine; `lamina runtimes` says how to \
