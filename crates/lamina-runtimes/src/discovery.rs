@@ -274,6 +274,21 @@ fn interpreter(
                 .unwrap_or_default()
         ));
     }
+    // Functions run as an unprivileged user: the interpreter must be theirs to read.
+    use std::os::unix::fs::PermissionsExt as _;
+    for (path, needed) in [(&home, 0o005), (&real.to_owned(), 0o005)] {
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & needed != needed {
+            return Err(format!(
+                "{} is not readable by other users (mode {:o}), and functions run as an unprivileged user",
+                path.display(),
+                mode & 0o7777
+            ));
+        }
+    }
     let relative = real
         .strip_prefix(&home)
         .map_err(|_| {

@@ -193,10 +193,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
 
+    // Wrong --runtime options stop the server before anything else happens.
     let mut runtimes = args.runtime.discover()?;
-    runtimes
-        .install(&data_dir.join("runtimes"))
-        .context("cannot prepare the managed runtimes")?;
     let available: Vec<&str> = runtimes
         .entries()
         .filter(|(_, status)| matches!(status, RuntimeStatus::Available { .. }))
@@ -223,7 +221,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     );
-    let runtimes = Arc::new(runtimes);
 
     let store = SqliteStore::open(&data_dir.join("lamina.db"))
         .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?;
@@ -249,6 +246,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .context("cannot set up execution environments")?;
+    // After the sandbox has removed what a crashed predecessor left running.
+    runtimes
+        .install(&data_dir.join("runtimes"))
+        .context("cannot prepare the managed runtimes")?;
+    let runtimes = Arc::new(runtimes);
     let logs = lamina_logs::LogStore::open(&data_dir.join("logs.db"))
         .with_context(|| format!("cannot open the log store in {}", data_dir.display()))?
         .with_arn_scope(&args.region, &args.account_id);
