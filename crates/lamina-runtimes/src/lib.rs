@@ -74,6 +74,12 @@ pub enum RuntimeConfigError {
         found: String,
         expected: String,
     },
+    #[error("cannot prepare the runtimes directory {path}: {source}")]
+    RuntimesDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the {runtime} bootstrap into {path}: {source}")]
     Install {
         runtime: String,
@@ -319,56 +325,29 @@ impl RuntimeCatalog {
     /// Writes Lamina's bootstrap for every available runtime under `dir`
     /// (`dir/<runtime>/`), replacing what an earlier server left there.
     pub fn install(&mut self, dir: &Path) -> Result<(), RuntimeConfigError> {
-        let io_error = |runtime: &str, path: &Path| {
-            let runtime = runtime.to_owned();
-            let path = path.to_owned();
-            move |source| RuntimeConfigError::Install {
-                runtime,
-                path,
-                source,
-            }
+        let directory_error = |source| RuntimeConfigError::RuntimesDirectory {
+            path: dir.to_owned(),
+            source,
         };
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io_error("any", dir))?;
+            std::fs::remove_dir_all(dir).map_err(directory_error)?;
         }
-        std::fs::create_dir_all(dir).map_err(io_error("any", dir))?;
-        set_mode(dir, 0o755).map_err(io_error("any", dir))?;
-        let jobs: Vec<(&'static str, &Interpreter, PathBuf)> = RUNTIMES
+        std::fs::create_dir_all(dir).map_err(directory_error)?;
+        set_mode(dir, 0o755).map_err(directory_error)?;
+        let jobs: Vec<(&'static RuntimeSpec, &Interpreter)> = RUNTIMES
             .iter()
             .filter_map(|spec| match self.entries.get(spec.id) {
-                Some(RuntimeStatus::Available { interpreter, .. }) => {
-                    Some((spec.id, interpreter, dir.join(spec.id)))
-                }
+                Some(RuntimeStatus::Available { interpreter, .. }) => Some((spec, interpreter)),
                 _ => None,
             })
             .collect();
-        let results: Vec<(&'static str, PathBuf, Result<(), RuntimeConfigError>)> =
+        // In parallel: compiling Python's bootstrap runs each interpreter once.
+        let results: Vec<(&'static str, Result<PathBuf, RuntimeConfigError>)> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = jobs
                     .iter()
-                    .map(|(id, interpreter, target)| {
-                        scope.spawn(move || {
-                            let spec = catalog::spec(id).expect("catalogued");
-                            let result = std::fs::create_dir(target)
-                                .and_then(|()| set_mode(target, 0o755))
-                                .map_err(io_error(id, target))
-                                .and_then(|()| match spec.language {
-                                    Language::Python => python::install(interpreter, target)
-                                        .map_err(|detail| RuntimeConfigError::ProbeFailed {
-                                            runtime: id.to_string(),
-                                            path: interpreter.executable.clone(),
-                                            detail,
-                                        }),
-                                    Language::NodeJs => {
-                                        nodejs::install(target).map_err(io_error(id, target))
-                                    }
-                                    Language::OsOnly
-                                    | Language::Java
-                                    | Language::Ruby
-                                    | Language::DotNet => Ok(()),
-                                });
-                            (*id, target.clone(), result)
-                        })
+                    .map(|&(spec, interpreter)| {
+                        scope.spawn(move || (spec.id, install_one(spec, interpreter, dir)))
                     })
                     .collect();
                 handles
@@ -376,8 +355,8 @@ impl RuntimeCatalog {
                     .map(|h| h.join().expect("runtime install thread"))
                     .collect()
             });
-        for (id, target, result) in results {
-            result?;
+        for (id, result) in results {
+            let target = result?;
             if let Some(RuntimeStatus::Available { bootstrap_dir, .. }) = self.entries.get_mut(id) {
                 *bootstrap_dir = Some(target);
             }
@@ -453,6 +432,34 @@ impl RuntimeCatalog {
                 .then(|| format!("{}/lib", paths.lang)),
         }))
     }
+}
+
+/// Writes one runtime's bootstrap into `dir/<runtime>/`; returns that directory.
+fn install_one(
+    spec: &RuntimeSpec,
+    interpreter: &Interpreter,
+    dir: &Path,
+) -> Result<PathBuf, RuntimeConfigError> {
+    let target = dir.join(spec.id);
+    let io_error = |source| RuntimeConfigError::Install {
+        runtime: spec.id.to_owned(),
+        path: target.clone(),
+        source,
+    };
+    std::fs::create_dir(&target).map_err(io_error)?;
+    set_mode(&target, 0o755).map_err(io_error)?;
+    match spec.language {
+        Language::Python => python::install(interpreter, &target).map_err(|detail| {
+            RuntimeConfigError::ProbeFailed {
+                runtime: spec.id.to_owned(),
+                path: interpreter.executable.clone(),
+                detail,
+            }
+        })?,
+        Language::NodeJs => nodejs::install(&target).map_err(io_error)?,
+        Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => {}
+    }
+    Ok(target)
 }
 
 /// Where the language and the bootstrap are, as the runtime sees them.
