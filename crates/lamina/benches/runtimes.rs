@@ -8,7 +8,8 @@
 //! - cold start, CreateFunction sent → first invoke answered, over new functions;
 //! - cold start, the first invoke after the function's environments were reset (a
 //!   configuration update retires them): the environment start alone, code already
-//!   unpacked;
+//!   unpacked; and of that, the REPORT's Init Duration (sandbox start → the runtime's
+//!   first request for an invocation);
 //! - warm invoke p50/p99, sequential, on one connection.
 //!
 //! The functions are no-op handlers at `LAMINA_BENCH_MEMORY` MB (default 1769, one vCPU);
@@ -122,6 +123,23 @@ fn functions() -> Vec<(Function, String)> {
     functions
 }
 
+/// The REPORT line's `Init Duration` (environment start → runtime ready), from the log tail.
+fn init_duration(headers: &[(String, String)]) -> Duration {
+    let tail = headers
+        .iter()
+        .find(|(k, _)| k == "x-amz-log-result")
+        .map(|(_, v)| base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+        .expect("a log tail");
+    let tail = String::from_utf8_lossy(&tail);
+    let ms: f64 = tail
+        .split("Init Duration: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Init Duration in {tail}"));
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
 fn main() {
     let memory: u32 = std::env::var("LAMINA_BENCH_MEMORY")
         .ok()
@@ -192,6 +210,7 @@ fn main() {
         assert_eq!(status, 201);
         let invoke = format!("/2015-03-31/functions/{name}/invocations");
         let mut after_reset = Vec::new();
+        let mut init = Vec::new();
         for i in 0..COLD_STARTS {
             let (status, _) = connection.request(
                 "PUT",
@@ -200,14 +219,21 @@ fn main() {
             );
             assert_eq!(status, 200);
             let started = Instant::now();
-            let (status, _) = connection.request("POST", &invoke, b"{}");
+            let (status, headers, _) = connection.request_with_headers(
+                "POST",
+                &invoke,
+                &[("X-Amz-Log-Type", "Tail")],
+                b"{}",
+            );
             after_reset.push(started.elapsed());
             assert_eq!(status, 200);
+            init.push(init_duration(&headers));
         }
         println!(
             "cold, first invoke after reset: {}",
             summary(&mut after_reset)
         );
+        println!("  of which Init Duration:       {}", summary(&mut init));
 
         for _ in 0..500 {
             connection.request("POST", &invoke, b"{}");

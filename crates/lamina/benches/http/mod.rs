@@ -27,9 +27,25 @@ impl Connection {
 
     /// Sends one request and reads the whole response; returns (status, body).
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let (status, _, body) = self.request_with_headers(method, path, &[], body);
+        (status, body)
+    }
+
+    /// Sends one request with extra headers; returns (status, response headers, body).
+    pub fn request_with_headers(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         // Headers and body in one write: a small request must not wait on Nagle.
         let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
             self.host,
             body.len()
         )
@@ -42,6 +58,7 @@ impl Connection {
             .expect("status line");
         let status: u16 = status_line[9..12].parse().expect("status code");
         let mut length = 0usize;
+        let mut response_headers = Vec::new();
         loop {
             let mut line = String::new();
             self.reader.read_line(&mut line).expect("header");
@@ -49,15 +66,16 @@ impl Connection {
             if line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+                response_headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
             }
         }
         let mut body = vec![0u8; length];
         self.reader.read_exact(&mut body).expect("body");
-        (status, body)
+        (status, response_headers, body)
     }
 }
 
