@@ -131,15 +131,6 @@ pub enum RuntimeStatus {
     Unsupported { reason: String },
 }
 
-impl RuntimeStatus {
-    pub fn is_available(&self) -> bool {
-        matches!(
-            self,
-            RuntimeStatus::OwnBootstrap | RuntimeStatus::Available { .. }
-        )
-    }
-}
-
 /// Why a function's runtime cannot start here: what to tell its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable {
