@@ -150,7 +150,7 @@ impl std::fmt::Display for Unavailable {
 }
 
 /// Every catalogued runtime and its status on this host.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeCatalog {
     entries: BTreeMap<&'static str, RuntimeStatus>,
 }
