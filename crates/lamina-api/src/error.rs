@@ -330,10 +330,16 @@ impl ApiError {
                         format!("Rate Exceeded. Lamina: {engine}"),
                     )
                 },
-                EngineError::RuntimeUnavailable { runtime } => not_implemented_error(format!(
-                    "runtime {runtime} is not available in this build of Lamina: only the \
-                     provided.al2023 and provided.al2 runtimes (a bootstrap in the zip) run so far"
-                )),
+                // The environment cannot start: a platform fault, in the exception AWS
+                // answers when a function's runtime cannot run (502, SDKs retry it).
+                EngineError::RuntimeUnavailable(unavailable) => AwsError {
+                    status: StatusCode::BAD_GATEWAY,
+                    exception: "InvalidRuntimeException",
+                    message_key: "Message",
+                    message: sentence(&unavailable.to_string()),
+                    fault: "Service",
+                    throttle: None,
+                },
                 EngineError::MissingBootstrap
                 | EngineError::Store(_)
                 | EngineError::Code(_)
@@ -397,6 +403,15 @@ fn not_found(message: String) -> AwsError {
     }
 }
 
+/// A message that starts with a capital letter, as AWS's do.
+pub(crate) fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// Not an AWS exception: AWS implements everything it lists. 501 tells the caller plainly
 /// that this server lacks the feature, and AWS SDKs do not retry it.
 fn not_implemented_error(message: String) -> AwsError {
@@ -457,5 +472,32 @@ impl IntoResponse for ApiError {
             tracing::debug!(exception = aws.exception, message = %aws.message, "request refused");
         }
         aws.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_that_cannot_start_is_a_platform_fault_in_aws_s_exception() {
+        let error = ApiError::Engine(EngineError::RuntimeUnavailable(
+            lamina_runtimes::Unavailable {
+                runtime: "python3.14".to_owned(),
+                reason: "no Python 3.14 interpreter was found".to_owned(),
+            },
+        ));
+        assert_eq!(
+            error.aws_error(),
+            AwsError {
+                status: StatusCode::BAD_GATEWAY,
+                exception: "InvalidRuntimeException",
+                message_key: "Message",
+                message: "Runtime python3.14 is not available on this Lamina server: no Python \
+                          3.14 interpreter was found"
+                    .to_owned(),
+                fault: "Service",
+            }
+        );
     }
 }

@@ -31,6 +31,7 @@ use lamina_model::{
     Account, FunctionConfiguration, FunctionRef, FunctionVersion, LATEST, NameShape, Qualifier,
     RequestError, Violations,
 };
+use lamina_runtimes::RuntimeCatalog;
 use lamina_store::{
     CodeLimits, CodeStore, ListPosition, MetadataStore, PublishSpec, Published, StoreError,
     StoredPolicy, VersionDeletion, version_order,
@@ -63,6 +64,8 @@ pub struct ControlPlane {
     /// and exclusively by code garbage collection, so GC never removes a zip that a
     /// request is about to reference.
     code_gc: RwLock<()>,
+    /// Which runtimes this server can run: a function of any other is refused.
+    runtimes: Arc<RuntimeCatalog>,
 }
 
 /// Whoever must forget a function's old state when it changes.
@@ -267,6 +270,26 @@ impl ControlPlane {
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
             change_listener: None,
             code_gc: RwLock::new(()),
+            runtimes: Arc::new(RuntimeCatalog::own_bootstraps_only()),
+        }
+    }
+
+    /// The runtimes functions may use (by default only `provided.*`).
+    pub fn with_runtimes(mut self, runtimes: Arc<RuntimeCatalog>) -> Self {
+        self.runtimes = runtimes;
+        self
+    }
+
+    /// Refuses a runtime this server cannot run, naming it and the fix, rather than
+    /// storing a function that could never start.
+    fn check_runtime_available(&self, runtime: Option<&str>) -> Result<(), ApiError> {
+        match runtime.map(|r| self.runtimes.check(r)) {
+            Some(Err(unavailable)) => Err(RequestError::InvalidParameter(format!(
+                "The runtime parameter of {} is not available on this Lamina server: {}",
+                unavailable.runtime, unavailable.reason
+            ))
+            .into()),
+            _ => Ok(()),
         }
     }
 
@@ -424,6 +447,7 @@ impl ControlPlane {
         request: CreateFunctionRequest,
     ) -> Result<FunctionConfiguration, ApiError> {
         let (function, settings) = request.validate()?;
+        self.check_runtime_available(settings.runtime.as_deref())?;
         if let Some(tags) = &request.tags {
             check_tag_count(tags.len())?;
         }
@@ -595,6 +619,9 @@ impl ControlPlane {
     ) -> Result<FunctionConfiguration, ApiError> {
         let current = self.find_latest_for_update(function)?;
         let mut settings = request.apply_to(&current.settings)?;
+        if request.settings.runtime.is_some() {
+            self.check_runtime_available(settings.runtime.as_deref())?;
+        }
         check_revision(&current, request.revision_id.as_deref())?;
         if let Some(arns) = &request.settings.layers {
             settings.layers = self.resolve_layers(arns)?;

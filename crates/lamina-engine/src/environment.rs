@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use lamina_model::FunctionVersion;
 use lamina_runtime_api::RuntimeApi;
-use lamina_sandbox::{EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox};
+use lamina_runtimes::{Launch, LaunchRequest, Placement, RuntimeCatalog, RuntimeLaunch};
+use lamina_sandbox::{EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxTier};
 use tokio::sync::{oneshot, watch};
 
 use crate::log_relay::LogRelay;
@@ -111,6 +112,7 @@ impl Environment {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         sandbox: &Arc<dyn Sandbox>,
+        runtimes: &RuntimeCatalog,
         version: &FunctionVersion,
         task_dir: &Path,
         opt_dir: Option<&Path>,
@@ -120,31 +122,47 @@ impl Environment {
         code_lease: CodeLease,
     ) -> Result<Arc<Environment>, EngineError> {
         let runtime_name = version.settings.runtime.clone().unwrap_or_default();
-        if !lamina_model::runtime::is_os_only(&runtime_name) {
-            return Err(EngineError::RuntimeUnavailable {
-                runtime: runtime_name,
-            });
-        }
-        // The sandbox mounts the task directory at /var/task and the merged layers at /opt;
-        // the function's own bootstrap wins over one a layer provides.
-        let bootstrap = if std::fs::symlink_metadata(task_dir.join("bootstrap")).is_ok() {
-            BOOTSTRAP_PATHS[0]
-        } else if opt_dir
-            .is_some_and(|opt| std::fs::symlink_metadata(opt.join("bootstrap")).is_ok())
-        {
-            BOOTSTRAP_PATHS[1]
-        } else {
-            return Err(EngineError::MissingBootstrap);
+        // The process tier mounts nothing: a managed runtime runs from the host's paths.
+        let placement = match sandbox.tier() {
+            SandboxTier::Linux => Placement::Sandbox,
+            SandboxTier::Process => Placement::Host,
+        };
+        let launch = runtimes
+            .launch(
+                &runtime_name,
+                &LaunchRequest {
+                    memory_mb: version.settings.memory_mb,
+                    variables: version.settings.environment.as_ref(),
+                    placement,
+                },
+            )
+            .map_err(EngineError::RuntimeUnavailable)?;
+        let (argv, runtime_mounts, managed) = match launch {
+            Launch::OwnBootstrap => {
+                // The sandbox mounts the task directory at /var/task and the merged layers
+                // at /opt; the function's own bootstrap wins over one a layer provides.
+                let bootstrap = if std::fs::symlink_metadata(task_dir.join("bootstrap")).is_ok() {
+                    BOOTSTRAP_PATHS[0]
+                } else if opt_dir
+                    .is_some_and(|opt| std::fs::symlink_metadata(opt.join("bootstrap")).is_ok())
+                {
+                    BOOTSTRAP_PATHS[1]
+                } else {
+                    return Err(EngineError::MissingBootstrap);
+                };
+                (vec![bootstrap.to_owned()], Vec::new(), None)
+            }
+            Launch::Managed(launch) => (launch.argv.clone(), launch.mounts.clone(), Some(launch)),
         };
         let spec = EnvironmentSpec {
             environment_id: context.environment_id.clone(),
             task_dir: task_dir.to_owned(),
             opt_dir: opt_dir.map(Path::to_owned),
-            runtime_mounts: Vec::new(),
+            runtime_mounts,
             memory_mb: version.settings.memory_mb,
             ephemeral_storage_mb: version.settings.ephemeral_storage_mb,
-            argv: vec![bootstrap.to_owned()],
-            env: environment_variables(version, context, &runtime_name),
+            argv,
+            env: environment_variables(version, context, &runtime_name, managed.as_ref()),
             cwd: "/var/task".to_owned(),
         };
         let _guard = runtime.enter();
@@ -325,6 +343,7 @@ fn environment_variables(
     version: &FunctionVersion,
     context: &StartContext,
     runtime: &str,
+    managed: Option<&RuntimeLaunch>,
 ) -> Vec<(String, String)> {
     let settings = &version.settings;
     let mut env: Vec<(String, String)> = [
@@ -356,22 +375,58 @@ fn environment_variables(
         ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{runtime}")),
         ("TZ", ":UTC".to_owned()),
         ("LANG", "en_US.UTF-8".to_owned()),
-        ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_owned()),
-        (
-            "LD_LIBRARY_PATH",
-            "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
-                .to_owned(),
-        ),
         ("_X_AMZN_TRACE_ID", crate::new_trace_id()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    match managed {
+        // A managed runtime's PATH, LD_LIBRARY_PATH (and NODE_PATH) lead with /var/lang.
+        Some(launch) => env.extend(launch.default_env.iter().cloned()),
+        None => env.extend([
+            (
+                "PATH".to_owned(),
+                "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_owned(),
+            ),
+            (
+                "LD_LIBRARY_PATH".to_owned(),
+                "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                    .to_owned(),
+            ),
+        ]),
+    }
     if settings.logging.log_format == "JSON" {
         env.push(("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()));
+        // The application log level applies to JSON logs only; INFO unless configured.
+        env.push((
+            "AWS_LAMBDA_LOG_LEVEL".to_owned(),
+            settings
+                .logging
+                .application_log_level
+                .clone()
+                .unwrap_or_else(|| "INFO".to_owned()),
+        ));
     }
+    // The function's variables replace Lambda's unreserved defaults of the same name
+    // (a second PATH= entry would be read as the first by some programs, the last by others).
     if let Some(variables) = &settings.environment {
-        env.extend(variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (key, value) in variables {
+            match env.iter_mut().find(|(k, _)| k == key) {
+                Some(existing) => existing.1 = value.clone(),
+                None => env.push((key.clone(), value.clone())),
+            }
+        }
+    }
+    // The interpreter cannot start without its own shared library.
+    if let Some(required) = managed.and_then(|l| l.required_library_dir.as_deref())
+        && let Some((_, path)) = env.iter_mut().find(|(k, _)| k == "LD_LIBRARY_PATH")
+        && !path.split(':').any(|dir| dir == required)
+    {
+        *path = if path.is_empty() {
+            required.to_owned()
+        } else {
+            format!("{required}:{path}")
+        };
     }
     env
 }

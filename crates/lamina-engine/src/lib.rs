@@ -73,8 +73,8 @@ pub enum EngineError {
         shortfall.needed_mb
     )]
     HostMemoryFull { shortfall: host_memory::Shortfall },
-    #[error("runtime {runtime} is not available in this build of lamina")]
-    RuntimeUnavailable { runtime: String },
+    #[error("{0}")]
+    RuntimeUnavailable(lamina_runtimes::Unavailable),
     #[error("the deployment package has no bootstrap")]
     MissingBootstrap,
     #[error(transparent)]
@@ -102,6 +102,8 @@ pub struct EngineConfig {
     pub concurrency_limit: u32,
     /// What must stay free on the host when an environment starts.
     pub host_memory: host_memory::HostMemory,
+    /// The managed runtimes this server can start, and how.
+    pub runtimes: Arc<lamina_runtimes::RuntimeCatalog>,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -735,6 +737,7 @@ impl Engine {
             provisioned: provisioned.then(|| slot.provisioned_ready.clone()),
         };
         let sandbox = self.sandbox.clone();
+        let runtimes = self.config.runtimes.clone();
         let code = self.code.clone();
         let logs = self.logs.clone();
         let version = slot.version.clone();
@@ -767,6 +770,7 @@ impl Engine {
             );
             let environment = Environment::start(
                 &sandbox,
+                &runtimes,
                 &version,
                 &task_dir,
                 opt_dir.as_deref(),

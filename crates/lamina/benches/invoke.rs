@@ -15,8 +15,7 @@
 //! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory;
 //! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,71 +25,9 @@ use base64::Engine as _;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-/// One keep-alive connection speaking just enough HTTP/1.1 for the Lambda API.
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    host: String,
-}
-
-impl Connection {
-    fn open(host: &str) -> Connection {
-        let stream = TcpStream::connect(host).expect("connect to lamina");
-        stream.set_nodelay(true).unwrap();
-        Connection {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            host: host.to_owned(),
-        }
-    }
-
-    /// Sends one request and reads the whole response; returns (status, body).
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        // Headers and body in one write: a small request must not wait on Nagle.
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
-        self.writer.write_all(&request).expect("send");
-        let mut status_line = String::new();
-        self.reader
-            .read_line(&mut status_line)
-            .expect("status line");
-        let status: u16 = status_line[9..12].parse().expect("status code");
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).expect("header");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).expect("body");
-        (status, body)
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
+#[path = "http/mod.rs"]
+mod http;
+use http::{Connection, ms, percentile};
 
 fn create_function_body(name: &str, zip_base64: &str, memory: u32) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -15,6 +15,7 @@ use lamina_engine::host_memory::HostMemory;
 use lamina_engine::{Engine, EngineConfig, KeepAlive};
 use lamina_model::Account;
 use lamina_queue::{ConfigStore, DispatchSettings, Dispatcher, EventQueue, SqliteQueue};
+use lamina_runtimes::{RuntimeCatalog, RuntimeOverride, RuntimeStatus, SearchPaths};
 use lamina_sandbox::{SandboxOptions, SandboxTier, TierRequest};
 use lamina_store::{CodeStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
@@ -34,6 +35,49 @@ struct Cli {
 enum Command {
     /// Run the platform: the Lambda API and everything behind it.
     Serve(ServeArgs),
+    /// List the runtimes functions can use here, the ones missing and how to install them.
+    Runtimes(RuntimesArgs),
+}
+
+/// Which interpreters the managed runtimes use.
+#[derive(Debug, clap::Args)]
+struct RuntimeArgs {
+    /// Use this interpreter for a runtime (`python3.12=/opt/py/bin/python3.12`, or its
+    /// install directory); `RUNTIME~=PATH` accepts another language version on purpose
+    /// (`python3.14~=/usr/bin/python3.11`); `RUNTIME=none` turns a runtime off. Repeat the
+    /// option, or separate entries with commas in LAMINA_RUNTIMES. Runtimes not named are
+    /// found on the host (PATH, /usr/bin, pyenv, uv, nvm, ~/.local/share/lamina/runtimes).
+    #[arg(
+        long = "runtime",
+        env = "LAMINA_RUNTIMES",
+        value_name = "RUNTIME=PATH",
+        value_delimiter = ','
+    )]
+    runtimes: Vec<String>,
+}
+
+impl RuntimeArgs {
+    fn discover(&self) -> anyhow::Result<RuntimeCatalog> {
+        let overrides = self
+            .runtimes
+            .iter()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| value.parse::<RuntimeOverride>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RuntimeCatalog::discover(
+            &overrides,
+            &SearchPaths::from_environment(),
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RuntimesArgs {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +136,8 @@ struct ServeArgs {
         default_value_t = 300_000
     )]
     async_throttle_delay_max_ms: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +150,74 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Runtimes(args) => list_runtimes(args),
+    }
+}
+
+fn list_runtimes(args: RuntimesArgs) -> anyhow::Result<()> {
+    let catalog = args.runtime.discover()?;
+    if args.json {
+        let entries: Vec<serde_json::Value> = catalog
+            .entries()
+            .map(|(spec, status)| {
+                let mut entry = serde_json::json!({
+                    "runtime": spec.id,
+                    "language": spec.language,
+                    "version": spec.version,
+                });
+                if let serde_json::Value::Object(fields) =
+                    serde_json::to_value(status).expect("statuses serialise")
+                {
+                    entry.as_object_mut().expect("an object").extend(fields);
+                }
+                entry
+            })
+            .collect();
+        return print_output(&(serde_json::to_string_pretty(&entries)? + "\n"));
+    }
+    let mut table = format!("{:<17}{:<13}DETAILS\n", "RUNTIME", "STATUS");
+    for (spec, status) in catalog.entries() {
+        let (word, details) = match status {
+            RuntimeStatus::OwnBootstrap => {
+                ("available", "runs the function's own bootstrap".to_owned())
+            }
+            RuntimeStatus::Available { interpreter, .. } => {
+                let mut details = format!(
+                    "{} {}  {}",
+                    spec.language.display_name(),
+                    interpreter.full_version,
+                    interpreter.executable.display()
+                );
+                if interpreter.version_mismatch {
+                    details.push_str(&format!(
+                        "  (not {} {}: chosen with --runtime {}~=)",
+                        spec.language.display_name(),
+                        spec.version,
+                        spec.id
+                    ));
+                } else if interpreter.configured {
+                    details.push_str("  (--runtime)");
+                }
+                ("available", details)
+            }
+            RuntimeStatus::Missing { hint } => ("missing", hint.clone()),
+            RuntimeStatus::Disabled => (
+                "disabled",
+                format!("turned off with --runtime {}=none", spec.id),
+            ),
+            RuntimeStatus::Unsupported { reason } => ("unsupported", reason.clone()),
+        };
+        table.push_str(&format!("{:<17}{word:<13}{details}\n", spec.id));
+    }
+    print_output(&table)
+}
+
+/// Writes to stdout; a reader that stops early (`| head`) is not an error.
+fn print_output(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
     }
 }
 
@@ -116,6 +230,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
+
+    // Wrong --runtime options stop the server before anything else happens.
+    let mut runtimes = args.runtime.discover()?;
+    let available: Vec<&str> = runtimes
+        .entries()
+        .filter(|(_, status)| matches!(status, RuntimeStatus::Available { .. }))
+        .map(|(spec, _)| spec.id)
+        .collect();
+    let missing: Vec<&str> = runtimes
+        .entries()
+        .filter(|(_, status)| matches!(status, RuntimeStatus::Missing { .. }))
+        .map(|(spec, _)| spec.id)
+        .collect();
+    tracing::info!(
+        "managed runtimes: {} available{}",
+        if available.is_empty() {
+            "none".to_owned()
+        } else {
+            available.join(" ")
+        },
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; missing {} (`lamina runtimes` says how to install them)",
+                missing.join(" ")
+            )
+        }
+    );
 
     let store = SqliteStore::open(&data_dir.join("lamina.db"))
         .with_context(|| format!("cannot open the metadata store in {}", data_dir.display()))?;
@@ -141,6 +284,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .context("cannot set up execution environments")?;
+    // After the sandbox has removed what a crashed predecessor left running.
+    runtimes
+        .install(&data_dir.join("runtimes"))
+        .context("cannot prepare the managed runtimes")?;
+    let runtimes = Arc::new(runtimes);
     let logs = lamina_logs::LogStore::open(&data_dir.join("logs.db"))
         .with_context(|| format!("cannot open the log store in {}", data_dir.display()))?
         .with_arn_scope(&args.region, &args.account_id);
@@ -167,6 +315,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         .host_memory_reserve_mb
                         .unwrap_or_else(HostMemory::default_reserve_mb),
                 },
+                runtimes: runtimes.clone(),
             },
             store.clone(),
             code.clone(),
@@ -190,6 +339,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let control_plane = Arc::new(
             ControlPlane::new(account, store.clone(), code)
                 .with_concurrency_limit(args.concurrency_limit)
+                .with_runtimes(runtimes.clone())
                 .with_change_listener(Arc::new(ForgetDeletedConfigs {
                     inner: engine.clone(),
                     store,

@@ -304,3 +304,149 @@ pub fn http_get(url: &str) -> Vec<u8> {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     response[split + 4..].to_vec()
 }
+
+/// `lamina runtimes --json` on this machine: what the managed-runtime tests can use.
+pub fn host_runtimes() -> &'static [serde_json::Value] {
+    static RUNTIMES: std::sync::OnceLock<Vec<serde_json::Value>> = std::sync::OnceLock::new();
+    RUNTIMES.get_or_init(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_lamina"))
+            .args(["runtimes", "--json"])
+            .output()
+            .expect("lamina runtimes runs");
+        assert!(
+            output.status.success(),
+            "lamina runtimes failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("lamina runtimes --json prints JSON")
+    })
+}
+
+/// Every available managed runtime of `language` (`python`, `nodejs`), oldest first.
+pub fn available_runtimes(language: &str) -> Vec<String> {
+    host_runtimes()
+        .iter()
+        .filter(|r| r["language"] == language && r["status"] == "available")
+        .map(|r| r["runtime"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The newest available runtime of `language`; the tests of that language need one.
+/// `LAMINA_TEST_PYTHON=python3.9` (or `LAMINA_TEST_NODEJS=nodejs18.x`) picks another.
+pub fn newest_runtime(language: &str) -> String {
+    if let Ok(chosen) = std::env::var(format!("LAMINA_TEST_{}", language.to_uppercase())) {
+        return chosen;
+    }
+    available_runtimes(language).pop().unwrap_or_else(|| {
+        panic!(
+            "no {language} runtime is available on this machine; `lamina runtimes` says how to \
+             install one (./scripts/test and .ci/run install what CI needs)"
+        )
+    })
+}
+
+/// A function of a managed runtime, from a zip.
+pub async fn create_managed(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: Vec<u8>,
+) {
+    create_managed_with(client, name, runtime, handler, zip, |b| b).await;
+}
+
+/// Like [`create_managed`], with the request adjusted by `adjust` first.
+pub async fn create_managed_with(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: Vec<u8>,
+    adjust: impl FnOnce(
+        aws_sdk_lambda::operation::create_function::builders::CreateFunctionFluentBuilder,
+    )
+        -> aws_sdk_lambda::operation::create_function::builders::CreateFunctionFluentBuilder,
+) {
+    let request = client
+        .create_function()
+        .function_name(name)
+        .runtime(aws_sdk_lambda::types::Runtime::from(runtime))
+        .role(ROLE)
+        .handler(handler)
+        // A whole vCPU: cold starts at 128 MB get a fourteenth of one.
+        .memory_size(1769)
+        .timeout(30)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(zip.into())
+                .build(),
+        );
+    adjust(request)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create_function {name} ({runtime}) failed: {e:?}"));
+}
+
+/// One invocation's answer, with its log tail.
+#[derive(Debug)]
+pub struct Invocation {
+    pub status: i32,
+    /// The payload as sent, and parsed (`Null` when it is not JSON).
+    pub raw: Vec<u8>,
+    pub payload: serde_json::Value,
+    pub function_error: Option<String>,
+    pub log: String,
+}
+
+/// Invokes with `LogType: Tail`.
+pub async fn invoke_tail(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    event: serde_json::Value,
+) -> Invocation {
+    invoke_tail_with(client, name, event, |b| b).await
+}
+
+pub async fn invoke_tail_with(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    event: serde_json::Value,
+    adjust: impl FnOnce(
+        aws_sdk_lambda::operation::invoke::builders::InvokeFluentBuilder,
+    ) -> aws_sdk_lambda::operation::invoke::builders::InvokeFluentBuilder,
+) -> Invocation {
+    use base64::Engine as _;
+    let request = client
+        .invoke()
+        .function_name(name)
+        .payload(aws_sdk_lambda::primitives::Blob::new(
+            serde_json::to_vec(&event).unwrap(),
+        ))
+        .log_type(aws_sdk_lambda::types::LogType::Tail);
+    let output = adjust(request)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("invoke {name} failed at the API level: {e:?}"));
+    let raw = output
+        .payload()
+        .map(|p| p.as_ref().to_vec())
+        .unwrap_or_default();
+    Invocation {
+        status: output.status_code(),
+        payload: serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null),
+        raw,
+        function_error: output.function_error().map(str::to_owned),
+        log: output
+            .log_result()
+            .map(|encoded| {
+                String::from_utf8(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .unwrap_or_default(),
+    }
+}

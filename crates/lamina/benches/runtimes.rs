@@ -1,0 +1,254 @@
+//! Cold and warm starts of the managed runtimes, beside the interpreters' own start-up.
+//!
+//! `cargo bench -p lamina --bench runtimes` starts a real `lamina serve` (release build;
+//! the linux tier when run as root) and, for the newest Python and Node.js runtimes this
+//! machine has (`LAMINA_BENCH_RUNTIMES=python3.11,nodejs20.x` picks others), prints:
+//! - the bare interpreter: `python3 -c pass` / `node -e 0` (and `python3 -S -c pass`),
+//!   spawned with an empty environment and waited for, as p50/p99;
+//! - cold start, CreateFunction sent → first invoke answered, over new functions;
+//! - cold start, the first invoke after the function's environments were reset (a
+//!   configuration update retires them): the environment start alone, code already
+//!   unpacked; and of that, the REPORT's Init Duration (sandbox start → the runtime's
+//!   first request for an invocation);
+//! - warm invoke p50/p99, sequential, on one connection.
+//!
+//! The functions are no-op handlers at `LAMINA_BENCH_MEMORY` MB (default 1769, one vCPU);
+//! `LAMINA_BENCH_SANDBOX=process` compares the process tier.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "http/mod.rs"]
+mod http;
+use http::{Connection, ms, percentile};
+
+const COLD_STARTS: usize = 20;
+const WARM_INVOKES: usize = 5_000;
+
+fn summary(samples: &mut [Duration]) -> String {
+    samples.sort();
+    format!(
+        "p50 {} p99 {}",
+        ms(percentile(samples, 0.5)),
+        ms(percentile(samples, 0.99))
+    )
+}
+
+/// Spawns `program args` `n` times, timing each from spawn to exit. The environment is
+/// emptied as a function's is: a host variable such as NODE_EXTRA_CA_CERTS (read at
+/// node's start, ~60 ms) would otherwise weigh on the bare figure only.
+fn bare_start(program: &str, args: &[&str], n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new(program)
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .status()
+                .expect("spawns");
+            assert!(status.success(), "{program} {args:?}");
+            started.elapsed()
+        })
+        .collect()
+}
+
+struct Function {
+    runtime: String,
+    handler: &'static str,
+    zip: Vec<u8>,
+    label: String,
+}
+
+fn functions() -> Vec<(Function, String)> {
+    let chosen: Vec<String> = match std::env::var("LAMINA_BENCH_RUNTIMES") {
+        Ok(list) => list.split(',').map(str::to_owned).collect(),
+        Err(_) => ["python", "nodejs"]
+            .iter()
+            .filter_map(|language| support::available_runtimes(language).pop())
+            .collect(),
+    };
+    let mut functions = Vec::new();
+    for runtime in chosen {
+        let executable = support::host_runtimes()
+            .iter()
+            .find(|r| r["runtime"] == runtime.as_str())
+            .and_then(|r| r["interpreter"]["executable"].as_str())
+            .unwrap_or_else(|| panic!("{runtime} is not available here"))
+            .to_owned();
+        if runtime.starts_with("python") {
+            functions.push((
+                Function {
+                    label: format!("{runtime} no-op"),
+                    runtime,
+                    handler: "app.handler",
+                    zip: support::zip_of(&[(
+                        "app.py",
+                        b"def handler(event, context):\n    return None\n",
+                        0o644,
+                    )]),
+                },
+                executable,
+            ));
+        } else {
+            for (label, file, code) in [
+                (
+                    "ES module",
+                    "index.mjs",
+                    &b"export const handler = async () => null;\n"[..],
+                ),
+                (
+                    "CommonJS",
+                    "index.js",
+                    &b"exports.handler = async () => null;\n"[..],
+                ),
+            ] {
+                functions.push((
+                    Function {
+                        label: format!("{runtime} no-op, {label}"),
+                        runtime: runtime.clone(),
+                        handler: "index.handler",
+                        zip: support::zip_of(&[(file, code, 0o644)]),
+                    },
+                    executable.clone(),
+                ));
+            }
+        }
+    }
+    functions
+}
+
+/// The REPORT line's `Init Duration` (environment start → runtime ready), from the log tail.
+fn init_duration(headers: &[(String, String)]) -> Duration {
+    let tail = headers
+        .iter()
+        .find(|(k, _)| k == "x-amz-log-result")
+        .map(|(_, v)| base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+        .expect("a log tail");
+    let tail = String::from_utf8_lossy(&tail);
+    let ms: f64 = tail
+        .split("Init Duration: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Init Duration in {tail}"));
+    Duration::from_secs_f64(ms / 1000.0)
+}
+
+fn main() {
+    let memory: u32 = std::env::var("LAMINA_BENCH_MEMORY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1769);
+    let functions = functions();
+    let data = tempfile::tempdir().unwrap();
+    let tier = std::env::var("LAMINA_BENCH_SANDBOX").unwrap_or_else(|_| "auto".to_owned());
+    let (server, host, sandbox) = http::start_server(data.path(), &["--sandbox", &tier]);
+    println!("lamina at {host}; sandbox: {sandbox}; functions at {memory} MB");
+    let mut connection = Connection::open(&host);
+    let mut bare_done = std::collections::HashSet::new();
+
+    for (index, (function, executable)) in functions.iter().enumerate() {
+        println!("\n== {} ({executable})", function.label);
+        if bare_done.insert(executable.clone()) {
+            if function.runtime.starts_with("python") {
+                let mut bare = bare_start(executable, &["-c", "pass"], 30);
+                println!("bare `python -c pass`:         {}", summary(&mut bare));
+                let mut bare = bare_start(executable, &["-S", "-c", "pass"], 30);
+                println!("bare `python -S -c pass`:      {}", summary(&mut bare));
+            } else {
+                let mut bare = bare_start(executable, &["-e", "0"], 30);
+                println!("bare `node -e 0`:              {}", summary(&mut bare));
+            }
+        }
+        let zip = base64::engine::general_purpose::STANDARD.encode(&function.zip);
+        let create = |name: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "FunctionName": name,
+                "Runtime": function.runtime,
+                "Role": "arn:aws:iam::000000000000:role/bench",
+                "Handler": function.handler,
+                "MemorySize": memory,
+                "Timeout": 30,
+                "Code": { "ZipFile": zip },
+            }))
+            .unwrap()
+        };
+
+        let mut create_to_answer = Vec::new();
+        for i in 0..COLD_STARTS {
+            let name = format!("cold-{index}-{i}");
+            let started = Instant::now();
+            let (status, body) =
+                connection.request("POST", "/2015-03-31/functions", &create(&name));
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+            let (status, body) = connection.request(
+                "POST",
+                &format!("/2015-03-31/functions/{name}/invocations"),
+                b"{}",
+            );
+            assert_eq!(
+                (status, body.as_slice()),
+                (200, &b"null"[..]),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            create_to_answer.push(started.elapsed());
+        }
+        println!(
+            "cold, create -> first answer:  {}",
+            summary(&mut create_to_answer)
+        );
+
+        let name = format!("warm-{index}");
+        let (status, _) = connection.request("POST", "/2015-03-31/functions", &create(&name));
+        assert_eq!(status, 201);
+        let invoke = format!("/2015-03-31/functions/{name}/invocations");
+        let mut after_reset = Vec::new();
+        let mut init = Vec::new();
+        for i in 0..COLD_STARTS {
+            let (status, _) = connection.request(
+                "PUT",
+                &format!("/2015-03-31/functions/{name}/configuration"),
+                format!(r#"{{"Environment":{{"Variables":{{"RESET":"{i}"}}}}}}"#).as_bytes(),
+            );
+            assert_eq!(status, 200);
+            let started = Instant::now();
+            let (status, headers, _) = connection.request_with_headers(
+                "POST",
+                &invoke,
+                &[("X-Amz-Log-Type", "Tail")],
+                b"{}",
+            );
+            after_reset.push(started.elapsed());
+            assert_eq!(status, 200);
+            init.push(init_duration(&headers));
+        }
+        println!(
+            "cold, first invoke after reset: {}",
+            summary(&mut after_reset)
+        );
+        println!("  of which Init Duration:       {}", summary(&mut init));
+
+        for _ in 0..500 {
+            connection.request("POST", &invoke, b"{}");
+        }
+        let mut warm = Vec::with_capacity(WARM_INVOKES);
+        for _ in 0..WARM_INVOKES {
+            let started = Instant::now();
+            let (status, _) = connection.request("POST", &invoke, b"{}");
+            warm.push(started.elapsed());
+            assert_eq!(status, 200);
+        }
+        println!(
+            "warm invoke ({WARM_INVOKES}):           {}",
+            summary(&mut warm)
+        );
+    }
+    http::stop_server(server);
+}
