@@ -497,6 +497,7 @@ mod tests {
                           3.14 interpreter was found"
                     .to_owned(),
                 fault: "Service",
+                throttle: None,
             }
         );
     }

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the platform: the Lambda API and everything behind it.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the runtimes functions can use here, the ones missing and how to install them.
     Runtimes(RuntimesArgs),
 }
@@ -149,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Runtimes(args) => list_runtimes(args),
     }
 }
