@@ -245,9 +245,12 @@ impl FunctionChangeListener for ForgetDeletedConfigs {
         self.inner.reservation_changed(function_name, reserved);
     }
 
-    fn provisioned_changed(&self, function_name: &str, version: &str, count: u32) {
-        self.inner
-            .provisioned_changed(function_name, version, count);
+    fn provisioned_targets(
+        &self,
+        function_name: &str,
+        targets: &std::collections::BTreeMap<String, u32>,
+    ) {
+        self.inner.provisioned_targets(function_name, targets);
     }
 
     fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32 {

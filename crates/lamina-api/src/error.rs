@@ -78,6 +78,8 @@ pub enum ApiError {
     UnknownOperation { method: String, path: String },
     #[error("no provisioned concurrency configuration exists for this qualifier")]
     ProvisionedConcurrencyConfigNotFound,
+    #[error("{message}")]
+    ProvisionedConflict { message: &'static str },
     #[error("reserved concurrency {reserved} is below the provisioned {provisioned}")]
     ReservedBelowProvisioned { reserved: u32, provisioned: u64 },
     #[error("the function {arn} doesn't have an EventInvokeConfig")]
@@ -369,6 +371,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "ProvisionedConcurrencyConfigNotFoundException",
                 "No Provisioned Concurrency Config found for this function".to_owned(),
+            ),
+            ApiError::ProvisionedConflict { message } => user(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                (*message).to_owned(),
             ),
             ApiError::ReservedBelowProvisioned {
                 reserved,

@@ -74,8 +74,13 @@ pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
     fn function_changed(&self, function_name: &str);
     /// A function's reserved concurrency was set (`Some`) or removed (`None`).
     fn reservation_changed(&self, function_name: &str, reserved: Option<u32>);
-    /// `count` environments of a published version are to be kept initialised.
-    fn provisioned_changed(&self, function_name: &str, version: &str, count: u32);
+    /// How many environments of each published version of a function are to be kept
+    /// initialised; versions not listed get none.
+    fn provisioned_targets(
+        &self,
+        function_name: &str,
+        targets: &std::collections::BTreeMap<String, u32>,
+    );
     /// How many of those are initialised now.
     fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32;
     /// One version changed: `$LATEST` was updated, or a published version deleted.
@@ -96,8 +101,12 @@ impl FunctionChangeListener for lamina_engine::Engine {
         self.concurrency().set_reservation(function_name, reserved);
     }
 
-    fn provisioned_changed(&self, function_name: &str, version: &str, count: u32) {
-        self.set_provisioned(function_name, version, count);
+    fn provisioned_targets(
+        &self,
+        function_name: &str,
+        targets: &std::collections::BTreeMap<String, u32>,
+    ) {
+        self.set_provisioned_targets(function_name, targets);
     }
 
     fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32 {
@@ -926,6 +935,8 @@ impl ControlPlane {
             .update_alias(&updated, &current.revision_id)
             .map_err(|e| self.alias_write_error(function, name, &target, e))?;
         self.alias_changed(&function.name, name);
+        // Provisioned concurrency configured on the alias follows it to its new version.
+        self.apply_provisioned(&function.name)?;
         tracing::info!(function = %function.name, alias = %name, "alias updated");
         Ok(updated.configuration(&self.account))
     }
@@ -934,12 +945,9 @@ impl ControlPlane {
     pub fn delete_alias(&self, function: &FunctionRef, name: &str) -> Result<(), ApiError> {
         Self::check_alias_name(name)?;
         self.unqualified(function)?;
-        let target = self.store.get_alias(&function.name, name)?;
         if self.store.delete_alias(&function.name, name)? {
-            if self.store.delete_provisioned(&function.name, name)?
-                && let (Some(listener), Some(alias)) = (&self.change_listener, target)
-            {
-                listener.provisioned_changed(&function.name, &alias.function_version, 0);
+            if self.store.delete_provisioned(&function.name, name)? {
+                self.apply_provisioned(&function.name)?;
             }
             self.alias_changed(&function.name, name);
             tracing::info!(function = %function.name, alias = %name, "alias deleted");

@@ -262,6 +262,17 @@ impl Environment {
         self.provisioned.is_some()
     }
 
+    /// Stops counting a provisioned environment as allocated (idempotent): done at once
+    /// when it is condemned, before its teardown runs in the background, so a refill that
+    /// follows sees the gap.
+    pub fn uncount_provisioned(&self) {
+        if let Some(counter) = &self.provisioned
+            && self.counted.swap(false, Ordering::SeqCst)
+        {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// Counts a provisioned environment as allocated, once it has initialised.
     pub fn count_as_provisioned(&self) {
         if let Some(counter) = &self.provisioned
@@ -315,11 +326,7 @@ impl Environment {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(counter) = &self.provisioned
-            && self.counted.swap(false, Ordering::SeqCst)
-        {
-            counter.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.uncount_provisioned();
         if let Some(stop) = self
             .stop_runtime_api
             .lock()

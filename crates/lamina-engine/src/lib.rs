@@ -383,6 +383,34 @@ impl Engine {
         });
     }
 
+    /// Sets the provisioned concurrency of every version of a function at once: the
+    /// versions in `targets` get their counts, any other version of the function that had
+    /// provisioned environments gets none.
+    pub fn set_provisioned_targets(
+        &self,
+        function_name: &str,
+        targets: &std::collections::BTreeMap<String, u32>,
+    ) {
+        let stale: Vec<String> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((name, version), slot)| {
+                name == function_name
+                    && !targets.contains_key(version)
+                    && slot.provisioned_target.load(Ordering::SeqCst) > 0
+            })
+            .map(|((_, version), _)| version.clone())
+            .collect();
+        for version in stale {
+            self.set_provisioned(function_name, &version, 0);
+        }
+        for (version, count) in targets {
+            self.set_provisioned(function_name, version, *count);
+        }
+    }
+
     /// Provisioned environments of `version` initialised and alive now.
     pub fn provisioned_allocated(&self, function_name: &str, version: &str) -> u32 {
         self.slots
@@ -390,6 +418,18 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(function_name.to_owned(), version.to_owned()))
             .map_or(0, |slot| slot.provisioned_ready.load(Ordering::SeqCst))
+    }
+
+    /// Destroys an environment taken out of service; a provisioned one that was not
+    /// surplus (it crashed, timed out, exited) is replaced.
+    fn discard(&self, slot: &Arc<VersionSlot>, environment: &Arc<Environment>) {
+        environment.uncount_provisioned();
+        environment.destroy_in_background();
+        if environment.is_provisioned()
+            && let Some(engine) = self.myself.upgrade()
+        {
+            engine.refill_provisioned(slot.clone());
+        }
     }
 
     /// Starts provisioned environments until the version has as many as it should.
@@ -445,8 +485,13 @@ impl Engine {
         }
         environment.count_as_provisioned();
         let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.retired.load(Ordering::SeqCst) {
+        // The target may have been lowered (or the version retired) while it initialised.
+        if slot.retired.load(Ordering::SeqCst)
+            || slot.provisioned_ready.load(Ordering::SeqCst)
+                > slot.provisioned_target.load(Ordering::SeqCst)
+        {
             drop(idle);
+            environment.uncount_provisioned();
             environment.destroy_in_background();
         } else {
             environment.touch();
@@ -539,7 +584,8 @@ impl Engine {
             };
             for environment in expired {
                 tracing::debug!(environment = %environment.id, "reaping idle environment");
-                environment.destroy_in_background();
+                // Only exited ones when provisioned: those are replaced.
+                self.discard(&slot, &environment);
             }
         }
     }
@@ -824,7 +870,7 @@ impl Engine {
             }
             stale => {
                 if let Some(stale) = stale {
-                    stale.destroy_in_background();
+                    self.discard(&slot, &stale);
                 }
                 self.make_room(version.settings.memory_mb).await?;
                 let init_started = Instant::now();
@@ -1084,12 +1130,7 @@ impl Engine {
             }
         };
         if !returned {
-            let provisioned = environment.is_provisioned();
-            environment.destroy_in_background();
-            if provisioned && let Some(engine) = self.myself.upgrade() {
-                // A provisioned environment that crashed or timed out is replaced.
-                engine.refill_provisioned(slot.clone());
-            }
+            self.discard(slot, &environment);
         }
         InvokeResult {
             executed_version: version.version.clone(),

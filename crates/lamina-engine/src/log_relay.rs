@@ -61,21 +61,37 @@ impl Report {
     }
 }
 
-/// Reads whatever the pipe holds right now. A real `read(2)`, not tokio's `try_read`,
-/// which answers "would block" without asking the kernel until the reactor has seen the
-/// pipe readable — and output written just before a crash may not have been seen yet.
-/// Returns whether the pipe is still open.
-fn drain_now(receiver: &pipe::Receiver, buffer: &mut [u8], relay: &mut Relay) -> bool {
-    loop {
-        match nix::unistd::read(receiver, buffer) {
+/// Reads what the pipe holds right now, up to `budget` bytes. A real `read(2)`, not
+/// tokio's `try_read`, which answers "would block" without asking the kernel until the
+/// reactor has seen the pipe readable — and output written just before a crash may not
+/// have been seen yet. The budget matters: a function writing in a tight loop refills the
+/// pipe as fast as it is read, and an unbounded drain would never end (holding the lock,
+/// a worker thread, and the invocation's end). Returns whether the pipe is still open.
+fn drain_now(
+    receiver: &pipe::Receiver,
+    buffer: &mut [u8],
+    relay: &mut Relay,
+    mut budget: usize,
+) -> bool {
+    while budget > 0 {
+        let want = buffer.len().min(budget);
+        match nix::unistd::read(receiver, &mut buffer[..want]) {
             Ok(0) => return false,
-            Ok(n) => relay.output(&buffer[..n]),
+            Ok(n) => {
+                relay.output(&buffer[..n]);
+                budget -= n;
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => return true,
             Err(_) => return false,
         }
     }
+    true
 }
+
+/// How much one drain takes: more than a pipe holds (64 KB by default), so everything a
+/// function wrote before it answered is taken, but bounded against endless writers.
+const DRAIN_BUDGET_BYTES: usize = 1024 * 1024;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -183,7 +199,7 @@ impl RelayState {
                 pipe_open,
                 buffer,
             } = self;
-            *pipe_open = drain_now(receiver, buffer, relay);
+            *pipe_open = drain_now(receiver, buffer, relay, DRAIN_BUDGET_BYTES);
         }
     }
 }
@@ -269,28 +285,16 @@ async fn read_output(shared: Arc<RelayShared>) {
                     shared.state().pipe_open = false;
                     break;
                 }
-                let mut state = shared.state();
-                let RelayState { relay, pipe_open, buffer } = &mut *state;
                 // tokio's `try_read` (not a raw read) so that "would block" clears the
-                // readiness this task waits on.
-                loop {
-                    match shared.receiver.try_read(buffer) {
-                        Ok(0) => {
-                            *pipe_open = false;
-                            break;
-                        }
-                        Ok(n) => relay.output(&buffer[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            *pipe_open = false;
-                            break;
-                        }
-                    }
-                }
-                relay.publish();
-                if !*pipe_open {
+                // readiness this task waits on. At most a budget per wake-up, then the
+                // lock is released and the task yields: an endless writer must not starve
+                // the invoker or the other tasks of this worker.
+                let (open, exhausted) = read_available(&shared);
+                if !open {
                     break;
+                }
+                if exhausted {
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -300,6 +304,37 @@ async fn read_output(shared: Arc<RelayShared>) {
     state.drain(&shared.receiver);
     state.relay.flush_partial();
     state.relay.publish();
+}
+
+/// One wake-up's reading, under the lock: (pipe still open, budget used up).
+fn read_available(shared: &RelayShared) -> (bool, bool) {
+    let mut state = shared.state();
+    let RelayState {
+        relay,
+        pipe_open,
+        buffer,
+    } = &mut *state;
+    let mut budget = DRAIN_BUDGET_BYTES;
+    while budget > 0 {
+        match shared.receiver.try_read(buffer) {
+            Ok(0) => {
+                *pipe_open = false;
+                break;
+            }
+            Ok(n) => {
+                relay.output(&buffer[..n]);
+                budget = budget.saturating_sub(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                *pipe_open = false;
+                break;
+            }
+        }
+    }
+    relay.publish();
+    (*pipe_open, budget == 0)
 }
 
 fn tail_of(text: &str) -> String {

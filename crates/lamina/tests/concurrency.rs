@@ -519,4 +519,51 @@ async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
         .await
         .unwrap();
     assert!(listed.provisioned_concurrency_configs().is_empty());
+
+    // A configuration on an alias follows the alias when it moves to another version.
+    client
+        .put_provisioned_concurrency_config()
+        .function_name("warm")
+        .qualifier("live")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap();
+    wait_until_ready(&client, "warm", "live").await;
+    client
+        .update_function_configuration()
+        .function_name("warm")
+        .description("v2")
+        .send()
+        .await
+        .unwrap();
+    client.publish_version().function_name("warm").send().await.unwrap();
+    client
+        .update_alias()
+        .function_name("warm")
+        .name("live")
+        .function_version("2")
+        .send()
+        .await
+        .unwrap();
+    wait_until_ready(&client, "warm", "live").await;
+    assert!(!invoke_was_cold(&client, "warm:live").await, "served by the moved environment");
+}
+
+async fn wait_until_ready(client: &aws_sdk_lambda::Client, name: &str, qualifier: &str) {
+    use aws_sdk_lambda::types::ProvisionedConcurrencyStatusEnum;
+    for _ in 0..100 {
+        let got = client
+            .get_provisioned_concurrency_config()
+            .function_name(name)
+            .qualifier(qualifier)
+            .send()
+            .await
+            .unwrap();
+        if got.status() == Some(&ProvisionedConcurrencyStatusEnum::Ready) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name}:{qualifier} never became READY");
 }

@@ -90,6 +90,45 @@ impl ControlPlane {
         })
     }
 
+    /// AWS refuses a configuration on an alias whose version has its own, and on a
+    /// version that an alias with a configuration points at.
+    fn check_no_overlap(
+        &self,
+        function: &FunctionRef,
+        qualifier: &str,
+        version: &str,
+    ) -> Result<(), ApiError> {
+        let configs = self.store.provisioned(Some(&function.name))?;
+        let is_alias = qualifier != version;
+        for config in configs.iter().filter(|c| c.qualifier != qualifier) {
+            let other = FunctionRef {
+                name: function.name.clone(),
+                qualifier: Some(config.qualifier.clone()),
+                region: None,
+                account_id: None,
+            };
+            let other_is_alias = matches!(other.qualifier_kind(), Qualifier::Alias(_));
+            let same_version = self
+                .find_version(&other)
+                .is_ok_and(|other_version| other_version.version == version);
+            if !same_version {
+                continue;
+            }
+            if is_alias && !other_is_alias {
+                return Err(ApiError::ProvisionedConflict {
+                    message: "Alias can't be used for Provisioned Concurrency configuration on \
+                              an already Provisioned version",
+                });
+            }
+            if !is_alias && other_is_alias {
+                return Err(ApiError::ProvisionedConflict {
+                    message: "Version is pointed by a Provisioned Concurrency alias",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Provisioned concurrency of the functions that have no reservation: it comes out of
     /// the unreserved pool.
     pub(super) fn unreserved_provisioned(
@@ -178,6 +217,7 @@ impl ControlPlane {
             }
         }
 
+        self.check_no_overlap(function, &qualifier, &version)?;
         let config = ProvisionedConfig {
             function_name: function.name.clone(),
             qualifier,
@@ -189,9 +229,7 @@ impl ControlPlane {
         }
         tracing::info!(function = %function.name, qualifier = %config.qualifier, %version,
             requested, "provisioned concurrency set");
-        if let Some(listener) = &self.change_listener {
-            listener.provisioned_changed(&function.name, &version, requested);
-        }
+        self.apply_provisioned(&function.name)?;
         self.describe_provisioned(&config, false)
     }
 
@@ -210,12 +248,10 @@ impl ControlPlane {
     }
 
     pub fn delete_provisioned_concurrency(&self, function: &FunctionRef) -> Result<(), ApiError> {
-        let (qualifier, version) = self.provisioned_target(function)?;
+        let (qualifier, _) = self.provisioned_target(function)?;
         if self.store.delete_provisioned(&function.name, &qualifier)? {
             tracing::info!(function = %function.name, %qualifier, "provisioned concurrency removed");
-            if let Some(listener) = &self.change_listener {
-                listener.provisioned_changed(&function.name, &version, 0);
-            }
+            self.apply_provisioned(&function.name)?;
         }
         Ok(())
     }
@@ -242,12 +278,14 @@ impl ControlPlane {
         })
     }
 
-    /// Re-applies every stored configuration to the engine (at start-up).
-    pub fn restore_provisioned_concurrency(&self) -> Result<(), ApiError> {
+    /// Hands the engine the provisioned concurrency of every version of a function: the
+    /// sum of the configurations that resolve to it now (a version's own, its aliases').
+    pub(super) fn apply_provisioned(&self, function_name: &str) -> Result<(), ApiError> {
         let Some(listener) = &self.change_listener else {
             return Ok(());
         };
-        for config in self.store.provisioned(None)? {
+        let mut targets = std::collections::BTreeMap::<String, u32>::new();
+        for config in self.store.provisioned(Some(function_name))? {
             let function = FunctionRef {
                 name: config.function_name.clone(),
                 qualifier: Some(config.qualifier.clone()),
@@ -255,12 +293,25 @@ impl ControlPlane {
                 account_id: None,
             };
             if let Ok(version) = self.find_version(&function) {
-                listener.provisioned_changed(
-                    &config.function_name,
-                    &version.version,
-                    config.requested,
-                );
+                let target = targets.entry(version.version).or_default();
+                *target = target.saturating_add(config.requested);
             }
+        }
+        listener.provisioned_targets(function_name, &targets);
+        Ok(())
+    }
+
+    /// Re-applies every stored configuration to the engine (at start-up).
+    pub fn restore_provisioned_concurrency(&self) -> Result<(), ApiError> {
+        let mut functions: Vec<String> = self
+            .store
+            .provisioned(None)?
+            .into_iter()
+            .map(|config| config.function_name)
+            .collect();
+        functions.dedup();
+        for function_name in functions {
+            self.apply_provisioned(&function_name)?;
         }
         Ok(())
     }
