@@ -217,7 +217,7 @@ impl Dispatcher {
         if age_ms > max_age_ms {
             tracing::warn!(request_id = %event.id, function = %event.function_name, age_ms,
                 "asynchronous event discarded: older than its maximum event age");
-            self.failed(&event, config.as_ref(), "EventAgeExceeded", None)
+            self.failed(event, config.as_ref(), "EventAgeExceeded", None)
                 .await;
             return;
         }
@@ -234,6 +234,7 @@ impl Dispatcher {
                 event.attempts += 1;
                 match function_error {
                     None => {
+                        let mut delivered = true;
                         if let Some(target) = config.as_ref().and_then(|c| c.on_success.clone()) {
                             let arn = self.invoker.function_arn(&event);
                             let record = invocation_record(
@@ -242,10 +243,11 @@ impl Dispatcher {
                                 "Success",
                                 Some((&executed_version, &payload, None)),
                             );
-                            self.deliver(&event, &target, record.to_string().into())
+                            delivered = self
+                                .deliver(&event, &target, record.to_string().into())
                                 .await;
                         }
-                        self.queue.ack(&event.id);
+                        self.settle(event, delivered);
                     }
                     Some(error) => {
                         let retries = EventInvokeConfig::retry_attempts(config.as_ref());
@@ -262,11 +264,12 @@ impl Dispatcher {
                             event.due_at_ms = now_ms() + delay.as_millis() as i64;
                             self.queue.retry_at(event, true);
                         } else {
+                            let response = (executed_version, payload, error);
                             self.failed(
-                                &event,
+                                event,
                                 config.as_ref(),
                                 "RetriesExhausted",
-                                Some((&executed_version, &payload, Some(&error))),
+                                Some((&response.0, &response.1, Some(&response.2))),
                             )
                             .await;
                         }
@@ -292,29 +295,33 @@ impl Dispatcher {
     /// The event will not run again: on-failure destination, dead-letter target, ack.
     async fn failed(
         &self,
-        event: &QueuedEvent,
+        event: QueuedEvent,
         config: Option<&EventInvokeConfig>,
         condition: &str,
         response: Option<(&str, &Bytes, Option<&str>)>,
     ) {
+        let mut delivered = true;
         if let Some(target) = config.and_then(|c| c.on_failure.clone()) {
-            let arn = self.invoker.function_arn(event);
-            let record = invocation_record(event, &arn, condition, response);
-            self.deliver(event, &target, record.to_string().into())
+            let arn = self.invoker.function_arn(&event);
+            let record = invocation_record(&event, &arn, condition, response);
+            delivered &= self
+                .deliver(&event, &target, record.to_string().into())
                 .await;
         }
-        if let Some(target) = self.invoker.dead_letter_target(event).await {
+        if let Some(target) = self.invoker.dead_letter_target(&event).await {
             // A dead-letter queue receives the event itself, as AWS's SQS and SNS DLQs do.
-            self.deliver(event, &target, event.payload.clone()).await;
+            delivered &= self.deliver(&event, &target, event.payload.clone()).await;
         }
-        self.queue.ack(&event.id);
+        self.settle(event, delivered);
     }
 
-    async fn deliver(&self, event: &QueuedEvent, target: &str, payload: Bytes) {
+    /// Queues a record (or the event) for a destination; false if it could not be stored,
+    /// in which case the event must not be acknowledged.
+    async fn deliver(&self, event: &QueuedEvent, target: &str, payload: Bytes) -> bool {
         let Some((name, qualifier)) = parse_function_arn(target) else {
             tracing::warn!(request_id = %event.id, %target,
                 "destination skipped: only Lamina functions are supported as destinations");
-            return;
+            return true;
         };
         let delivery = QueuedEvent::new(
             self.invoker.new_request_id(),
@@ -323,9 +330,24 @@ impl Dispatcher {
             payload,
             None,
         );
-        if let Err(error) = self.queue.enqueue(delivery).await {
-            tracing::error!(request_id = %event.id, %target, %error,
-                "could not queue the event for its destination");
+        match self.queue.enqueue(delivery).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(request_id = %event.id, %target, %error,
+                    "could not queue the event for its destination; it will run again");
+                false
+            }
+        }
+    }
+
+    /// Acknowledges an event whose deliveries were stored; otherwise keeps it, to run
+    /// (and deliver) again later — at least once, never lost.
+    fn settle(&self, mut event: QueuedEvent, delivered: bool) {
+        if delivered {
+            self.queue.ack(&event.id);
+        } else {
+            event.due_at_ms = now_ms() + self.settings.throttle_delay.as_millis() as i64;
+            self.queue.retry_at(event, false);
         }
     }
 }

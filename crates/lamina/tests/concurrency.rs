@@ -537,7 +537,12 @@ async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
         .send()
         .await
         .unwrap();
-    client.publish_version().function_name("warm").send().await.unwrap();
+    client
+        .publish_version()
+        .function_name("warm")
+        .send()
+        .await
+        .unwrap();
     client
         .update_alias()
         .function_name("warm")
@@ -547,7 +552,10 @@ async fn provisioned_concurrency_initialises_environments_ahead_of_invokes() {
         .await
         .unwrap();
     wait_until_ready(&client, "warm", "live").await;
-    assert!(!invoke_was_cold(&client, "warm:live").await, "served by the moved environment");
+    assert!(
+        !invoke_was_cold(&client, "warm:live").await,
+        "served by the moved environment"
+    );
 }
 
 async fn wait_until_ready(client: &aws_sdk_lambda::Client, name: &str, qualifier: &str) {
