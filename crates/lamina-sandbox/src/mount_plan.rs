@@ -357,7 +357,8 @@ impl MountPlan {
             for part in inside.split('/').filter(|p| !p.is_empty()) {
                 partial.push('/');
                 partial.push_str(part);
-                if !["/var", "/opt"].contains(&partial.as_str()) {
+                // The root already has these (a runtime may need `/etc/java-17-openjdk`).
+                if !["/var", "/opt", "/etc"].contains(&partial.as_str()) {
                     b.mkdir(&partial)?;
                 }
             }
