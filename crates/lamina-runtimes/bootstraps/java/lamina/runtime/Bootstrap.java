@@ -431,8 +431,9 @@ public final class Bootstrap {
             if (fault == null) {
                 api.respond(id, response);
             } else {
-                api.error(id, document, errorType);
+                // Logged first: what arrives after the answer would follow the END line.
                 logger.write(fault.reportable());
+                api.error(id, document, errorType);
                 if (fault.fatal) {
                     System.exit(1);
                 }
