@@ -20,8 +20,11 @@ impl Language {
     /// Why Lamina cannot run this language yet; `None` when it can.
     pub fn unsupported_reason(self) -> Option<&'static str> {
         match self {
-            Language::OsOnly | Language::Python | Language::NodeJs | Language::Java => None,
-            Language::Ruby => Some("Lamina has no Ruby runtime yet"),
+            Language::OsOnly
+            | Language::Python
+            | Language::NodeJs
+            | Language::Java
+            | Language::Ruby => None,
             Language::DotNet => Some("Lamina has no .NET runtime yet"),
         }
     }

@@ -192,7 +192,24 @@ pub(crate) fn candidates(spec: &RuntimeSpec, search: &SearchPaths) -> Vec<PathBu
                 found.push(dir.join("java"));
             }
         }
-        Language::OsOnly | Language::Ruby | Language::DotNet => {}
+        Language::Ruby => {
+            if let Some(dir) = &search.lamina_runtimes_dir {
+                found.push(dir.join(spec.id).join("bin/ruby"));
+            }
+            let name = format!("ruby{}", spec.version);
+            for dir in path_dirs(search) {
+                found.push(dir.join(&name));
+                found.push(dir.join("ruby"));
+            }
+            if let Some(home) = &search.home {
+                for version in
+                    versions_in(&home.join(".rbenv/versions"), &format!("{}.", spec.version))
+                {
+                    found.push(version.join("bin/ruby"));
+                }
+            }
+        }
+        Language::OsOnly | Language::DotNet => {}
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|path| path.is_file() && seen.insert(path.clone()));
@@ -239,7 +256,8 @@ pub(crate) fn probe(language: Language, executable: &Path) -> Result<Interpreter
         Language::Python => probe_python(executable),
         Language::NodeJs => probe_node(executable),
         Language::Java => probe_java(executable),
-        Language::OsOnly | Language::Ruby | Language::DotNet => Err(format!(
+        Language::Ruby => probe_ruby(executable),
+        Language::OsOnly | Language::DotNet => Err(format!(
             "{} interpreters are not probed",
             language.display_name()
         )),
@@ -263,6 +281,20 @@ fn probe_python(executable: &Path) -> Result<Interpreter, String> {
     let home = PathBuf::from(prefix);
     let real = PathBuf::from(real);
     interpreter(minor, full, &home, &real, "libpython")
+}
+
+const RUBY_PROBE: &str = "require %q(rbconfig); puts RUBY_VERSION[/\\A\\d+\\.\\d+/], RUBY_VERSION, \
+RbConfig::CONFIG['prefix'], File.realpath(RbConfig.ruby)";
+
+fn probe_ruby(executable: &Path) -> Result<Interpreter, String> {
+    let output = run(Command::new(executable).args(["--disable-gems", "-e", RUBY_PROBE]))?;
+    let mut lines = output.lines();
+    let (Some(minor), Some(full), Some(prefix), Some(real)) =
+        (lines.next(), lines.next(), lines.next(), lines.next())
+    else {
+        return Err(format!("unexpected answer from a Ruby probe: {output:?}"));
+    };
+    interpreter(minor, full, Path::new(prefix), Path::new(real), "libruby")
 }
 
 fn probe_node(executable: &Path) -> Result<Interpreter, String> {
@@ -471,6 +503,7 @@ pub(crate) fn override_executable(spec: &RuntimeSpec, path: &Path) -> PathBuf {
         Language::Python => vec![format!("python{}", spec.version), "python3".to_owned()],
         Language::NodeJs => vec!["node".to_owned()],
         Language::Java => vec!["java".to_owned()],
+        Language::Ruby => vec![format!("ruby{}", spec.version), "ruby".to_owned()],
         _ => Vec::new(),
     };
     for name in &names {

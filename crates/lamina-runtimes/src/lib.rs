@@ -7,7 +7,8 @@
 //!
 //! * the **catalog** ([`catalog`]) lists every identifier AWS accepts and its language;
 //! * **discovery** ([`discovery`]) finds an interpreter of the right version on the host
-//!   (`$PATH`, `/usr/bin`, pyenv, uv, nvm, Lamina's own runtime directory) or takes the
+//!   (`$PATH`, `/usr/bin`, pyenv, uv, nvm, rbenv, `$JAVA_HOME`, `/usr/lib/jvm`, Lamina's
+//!   own runtime directory) or takes the
 //!   one the operator names (`--runtime python3.12=/opt/py/bin/python3.12`); a different
 //!   version is only used when the operator says so (`python3.14~=/usr/bin/python3.11`),
 //!   never silently;
@@ -19,8 +20,9 @@
 //!   the variables AWS sets for that runtime. In the `process` sandbox tier, which mounts
 //!   nothing, the same launch uses the host paths.
 //!
-//! Java and Ruby (and .NET) are catalogued with the reason they cannot run yet; adding one
-//! means a [`Language`] arm in discovery, a bootstrap, and a launch arm — each match on
+//! Python, Node.js, Java (11 and later; its runtime compiled with `javac` at install) and
+//! Ruby run; .NET is catalogued with the reason it cannot run yet. Adding a language means
+//! a [`Language`] arm in discovery, a bootstrap, and a launch arm — each match on
 //! [`Language`] is exhaustive so none is forgotten.
 
 pub mod catalog;
@@ -28,6 +30,7 @@ pub mod discovery;
 mod java;
 mod nodejs;
 mod python;
+mod ruby;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -426,7 +429,8 @@ impl RuntimeCatalog {
             Language::Python => python::launch(&paths),
             Language::NodeJs => nodejs::launch(spec, &paths, request),
             Language::Java => java::launch(&paths, request),
-            Language::OsOnly | Language::Ruby | Language::DotNet => {
+            Language::Ruby => ruby::launch(interpreter, &paths),
+            Language::OsOnly | Language::DotNet => {
                 unreachable!("check() refused {runtime}")
             }
         };
@@ -502,7 +506,8 @@ fn install_one(
             let classes = java_classes.expect("Java runtimes install only with compiled classes");
             java::install(classes, &target).map_err(io_error)?
         }
-        Language::OsOnly | Language::Ruby | Language::DotNet => {}
+        Language::Ruby => ruby::install(&target).map_err(io_error)?,
+        Language::OsOnly | Language::DotNet => {}
     }
     Ok(target)
 }
@@ -642,9 +647,13 @@ fn install_hint(spec: &RuntimeSpec, search: &SearchPaths) -> String {
                 "no Java {version} was found (searched JAVA_HOME, {dir}, /usr/lib/jvm and PATH). Install one — your distribution's openjdk-{version}-jdk-headless package, or a JDK {version} (Temurin, Corretto) unpacked into {dir} — and restart lamina serve, or name one with --runtime {id}=/path/to/jdk"
             )
         }
-        Language::OsOnly | Language::Ruby | Language::DotNet => {
-            format!("Lamina cannot run {id}")
+        Language::Ruby => {
+            let dir = format!("{}/{id}", search.lamina_runtimes_dir_display());
+            format!(
+                "no Ruby {version} was found (searched {dir}, PATH, /usr/local/bin, /usr/bin and rbenv). Install one — `rbenv install {version}`, `ruby-install --install-dir {dir} ruby {version}` or your distribution's ruby{version} package — and restart lamina serve, or name one with --runtime {id}=/path/to/ruby (another version only on purpose: --runtime {id}~=/usr/bin/ruby)"
+            )
         }
+        Language::OsOnly | Language::DotNet => format!("Lamina cannot run {id}"),
     }
 }
 
@@ -1007,7 +1016,7 @@ mod tests {
         );
         assert!(
             catalog
-                .launch("ruby3.3", &request(Placement::Sandbox, None))
+                .launch("dotnet8", &request(Placement::Sandbox, None))
                 .is_err()
         );
     }
