@@ -175,10 +175,10 @@ async fn an_unavailable_runtime_is_refused_at_create_and_at_invoke() {
     // A runtime Lamina has no bootstrap for: refused at create, naming it and the fix.
     let refused = client
         .create_function()
-        .function_name("java")
-        .runtime(aws_sdk_lambda::types::Runtime::Java21)
+        .function_name("dotnet")
+        .runtime(aws_sdk_lambda::types::Runtime::Dotnet8)
         .role(ROLE)
-        .handler("example.Handler::handleRequest")
+        .handler("Assembly::Namespace.Handler::Handle")
         .code(
             aws_sdk_lambda::types::FunctionCode::builder()
                 .zip_file(zip.clone().into())
@@ -194,19 +194,22 @@ async fn an_unavailable_runtime_is_refused_at_create_and_at_invoke() {
     );
     assert_eq!(
         message,
-        "The runtime parameter of java21 is not available on this Lamina server: Lamina has no Java runtime yet; choose another runtime"
+        "The runtime parameter of dotnet8 is not available on this Lamina server: Lamina has no .NET runtime yet; choose another runtime"
     );
     // So is changing a function to one.
     let refused = client
         .update_function_configuration()
         .function_name("later-disabled")
-        .runtime(aws_sdk_lambda::types::Runtime::Ruby33)
+        .runtime(aws_sdk_lambda::types::Runtime::Java8al2)
         .send()
         .await
         .unwrap_err();
     let (code, _, message) = aws_error(refused);
     assert_eq!(code, "InvalidParameterValueException");
-    assert!(message.contains("ruby3.3 is not available"), "{message}");
+    assert!(
+        message.contains("java8.al2 is not available on this Lamina server: Lamina's Java runtime needs Java 11 or later"),
+        "{message}"
+    );
 
     // The same data, served without that Python: the function exists but cannot start.
     let data = server.take_data_dir();
