@@ -120,6 +120,21 @@ pub(crate) fn javac_candidates<'a>(
     found
 }
 
+/// Why the Java runtime could not be prepared here, if it could not: neither a cached
+/// compiled copy nor any `javac` (what [`compiled_classes`] would meet, without compiling).
+pub(crate) fn unpreparable(javacs: &[PathBuf]) -> Option<String> {
+    let cached = cache_root().is_some_and(|root| {
+        root.join(format!("java-runtime-{:016x}", sources_hash()))
+            .join("classes/lamina/runtime/Bootstrap.class")
+            .is_file()
+    });
+    (!cached && javacs.is_empty()).then(no_javac)
+}
+
+fn no_javac() -> String {
+    "Lamina's Java runtime is compiled once with javac, and no JDK with javac was found (a JRE alone cannot compile it). Install one — `apt-get install default-jdk-headless` or any JDK 11 or later — and restart lamina serve".to_owned()
+}
+
 /// The compiled runtime (a `classes` directory): from the cache, else compiled now with
 /// the first of `javacs` into the cache (or into `scratch` when there is no usable cache).
 pub(crate) fn compiled_classes(javacs: &[PathBuf], scratch: &Path) -> Result<PathBuf, String> {
@@ -133,7 +148,7 @@ pub(crate) fn compiled_classes(javacs: &[PathBuf], scratch: &Path) -> Result<Pat
         return Ok(cache.join("classes"));
     }
     let Some(javac) = javacs.first() else {
-        return Err("Lamina's Java runtime is compiled once with javac, and no JDK with javac was found (a JRE alone cannot compile it). Install one — `apt-get install default-jdk-headless` or any JDK 11 or later — and restart lamina serve".to_owned());
+        return Err(no_javac());
     };
     // Compile into a fresh directory, then move it into place: servers starting at once
     // never see half a tree.

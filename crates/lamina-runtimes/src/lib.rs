@@ -265,6 +265,26 @@ impl RuntimeCatalog {
             let (id, status) = result?;
             entries.insert(id, status);
         }
+        // A JDK is needed once to compile Java's runtime: without one (and no cached copy)
+        // the Java runtimes are missing, and `lamina runtimes` says so before a server does.
+        let java: Vec<&Interpreter> = RUNTIMES
+            .iter()
+            .filter(|spec| spec.language == Language::Java)
+            .filter_map(|spec| match entries.get(spec.id) {
+                Some(RuntimeStatus::Available { interpreter, .. }) => Some(interpreter),
+                _ => None,
+            })
+            .collect();
+        let unpreparable = (!java.is_empty())
+            .then(|| java::unpreparable(&java::javac_candidates(java.into_iter())))
+            .flatten();
+        if let Some(hint) = unpreparable {
+            for spec in RUNTIMES.iter().filter(|s| s.language == Language::Java) {
+                if let Some(status @ RuntimeStatus::Available { .. }) = entries.get_mut(spec.id) {
+                    *status = RuntimeStatus::Missing { hint: hint.clone() };
+                }
+            }
+        }
         Ok(RuntimeCatalog { entries })
     }
 

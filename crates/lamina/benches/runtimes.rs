@@ -13,7 +13,11 @@
 //! - warm invoke p50/p99, sequential, on one connection.
 //!
 //! The functions are no-op handlers at `LAMINA_BENCH_MEMORY` MB (default 1769, one vCPU);
-//! `LAMINA_BENCH_SANDBOX=process` compares the process tier.
+//! `LAMINA_BENCH_SANDBOX=process` compares the process tier. Java (`java17`: a
+//! `RequestHandler` compiled here with the JDK's javac; bare figure `java -version`) and
+//! Ruby (`ruby -e 0`) are measured when named, e.g.
+//! `LAMINA_BENCH_RUNTIMES=java17,ruby3.3 LAMINA_BENCH_ARGS="--runtime ruby3.3~=/usr/bin/ruby"`
+//! (`LAMINA_BENCH_ARGS`: more `lamina serve` options, split on spaces).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,6 +54,9 @@ fn bare_start(program: &str, args: &[&str], n: usize) -> Vec<Duration> {
                 .args(args)
                 .env_clear()
                 .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                // `java -version` writes to stderr.
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status()
                 .expect("spawns");
             assert!(status.success(), "{program} {args:?}");
@@ -74,14 +81,47 @@ fn functions() -> Vec<(Function, String)> {
             .collect(),
     };
     let mut functions = Vec::new();
+    let extra = bench_args();
     for runtime in chosen {
-        let executable = support::host_runtimes()
-            .iter()
-            .find(|r| r["runtime"] == runtime.as_str())
-            .and_then(|r| r["interpreter"]["executable"].as_str())
-            .unwrap_or_else(|| panic!("{runtime} is not available here"))
-            .to_owned();
-        if runtime.starts_with("python") {
+        // Named in LAMINA_BENCH_ARGS (`--runtime ID~=PATH`), else found on the host.
+        let mapped = extra.iter().find_map(|arg| {
+            arg.strip_prefix(&format!("{runtime}~="))
+                .or_else(|| arg.strip_prefix(&format!("{runtime}=")))
+                .map(str::to_owned)
+        });
+        let executable = mapped.unwrap_or_else(|| {
+            support::host_runtimes()
+                .iter()
+                .find(|r| r["runtime"] == runtime.as_str())
+                .and_then(|r| r["interpreter"]["executable"].as_str())
+                .unwrap_or_else(|| panic!("{runtime} is not available here"))
+                .to_owned()
+        });
+        if runtime.starts_with("java") {
+            functions.push((
+                Function {
+                    label: format!("{runtime} no-op RequestHandler"),
+                    runtime,
+                    handler: "example.Noop",
+                    zip: java_noop_zip(&executable),
+                },
+                executable,
+            ));
+        } else if runtime.starts_with("ruby") {
+            functions.push((
+                Function {
+                    label: format!("{runtime} no-op"),
+                    runtime,
+                    handler: "function.handler",
+                    zip: support::zip_of(&[(
+                        "function.rb",
+                        b"def handler(event:, context:)\n  nil\nend\n",
+                        0o644,
+                    )]),
+                },
+                executable,
+            ));
+        } else if runtime.starts_with("python") {
             functions.push((
                 Function {
                     label: format!("{runtime} no-op"),
@@ -123,6 +163,41 @@ fn functions() -> Vec<(Function, String)> {
     functions
 }
 
+fn bench_args() -> Vec<String> {
+    std::env::var("LAMINA_BENCH_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A no-op `RequestHandler<Object, Object>`, compiled with the javac beside `java`
+/// against Lamina's copy of aws-lambda-java-core.
+fn java_noop_zip(java: &str) -> Vec<u8> {
+    let javac = std::path::Path::new(java).with_file_name("javac");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("Noop.java");
+    std::fs::write(
+        &source,
+        "package example;\n\
+         import com.amazonaws.services.lambda.runtime.*;\n\
+         public class Noop implements RequestHandler<Object, Object> {\n\
+         public Object handleRequest(Object input, Context context) { return null; }\n}\n",
+    )
+    .unwrap();
+    let core =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lamina-runtimes/bootstraps/java");
+    let status = Command::new(&javac)
+        .args(["--release", "11", "-d"])
+        .arg(dir.path())
+        .arg("-sourcepath")
+        .arg(core)
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", javac.display()));
+    assert!(status.success(), "javac failed");
+    let class = std::fs::read(dir.path().join("example/Noop.class")).unwrap();
+    support::zip_of(&[("example/Noop.class", &class, 0o644)])
+}
+
 /// The REPORT line's `Init Duration` (environment start → runtime ready), from the log tail.
 fn init_duration(headers: &[(String, String)]) -> Duration {
     let tail = headers
@@ -148,7 +223,10 @@ fn main() {
     let functions = functions();
     let data = tempfile::tempdir().unwrap();
     let tier = std::env::var("LAMINA_BENCH_SANDBOX").unwrap_or_else(|_| "auto".to_owned());
-    let (server, host, sandbox) = http::start_server(data.path(), &["--sandbox", &tier]);
+    let extra = bench_args();
+    let mut args = vec!["--sandbox", tier.as_str()];
+    args.extend(extra.iter().map(String::as_str));
+    let (server, host, sandbox) = http::start_server(data.path(), &args);
     println!("lamina at {host}; sandbox: {sandbox}; functions at {memory} MB");
     let mut connection = Connection::open(&host);
     let mut bare_done = std::collections::HashSet::new();
@@ -156,7 +234,17 @@ fn main() {
     for (index, (function, executable)) in functions.iter().enumerate() {
         println!("\n== {} ({executable})", function.label);
         if bare_done.insert(executable.clone()) {
-            if function.runtime.starts_with("python") {
+            if function.runtime.starts_with("java") {
+                let mut bare = bare_start(
+                    executable,
+                    &["-Xshare:auto", "-XX:TieredStopAtLevel=1", "-version"],
+                    30,
+                );
+                println!("bare `java -version`:          {}", summary(&mut bare));
+            } else if function.runtime.starts_with("ruby") {
+                let mut bare = bare_start(executable, &["-e", "0"], 30);
+                println!("bare `ruby -e 0`:              {}", summary(&mut bare));
+            } else if function.runtime.starts_with("python") {
                 let mut bare = bare_start(executable, &["-c", "pass"], 30);
                 println!("bare `python -c pass`:         {}", summary(&mut bare));
                 let mut bare = bare_start(executable, &["-S", "-c", "pass"], 30);

@@ -201,10 +201,12 @@ fn javac() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The test handlers, compiled once: `(path inside the zip, class file bytes)`.
+/// `(path inside the zip, class file bytes)`.
+type ClassFiles = Vec<(String, Vec<u8>)>;
+
+/// The test handlers, compiled once.
 fn handler_classes() -> Option<&'static [(String, Vec<u8>)]> {
-    static CLASSES: std::sync::OnceLock<Option<Vec<(String, Vec<u8>)>>> =
-        std::sync::OnceLock::new();
+    static CLASSES: std::sync::OnceLock<Option<ClassFiles>> = std::sync::OnceLock::new();
     CLASSES
         .get_or_init(|| {
             let Some(javac) = javac() else {
@@ -564,4 +566,23 @@ async fn a_java_runtime_of_another_version_runs_only_when_mapped() {
     let entry = entries.iter().find(|e| e["runtime"] == other).unwrap();
     assert_eq!(entry["status"], "available");
     assert_eq!(entry["interpreter"]["version_mismatch"], true);
+}
+
+#[tokio::test]
+async fn java_runs_in_the_process_tier_from_host_paths() {
+    let (Some(runtime), Some(classes)) = (java(), handler_classes()) else {
+        return;
+    };
+    let server = LaminaServer::start_with(&["--sandbox", "process"]);
+    let client = server.client();
+    create_managed(
+        &client,
+        "square",
+        &runtime,
+        "example.Pojo::square",
+        lib_jar_zip(classes),
+    )
+    .await;
+    let got = invoke_tail(&client, "square", json!(12)).await;
+    assert_eq!(got.payload, json!(144), "{}", got.log);
 }

@@ -265,3 +265,17 @@ async fn errors_are_shaped_as_the_ruby_runtime_shapes_them() {
         );
     }
 }
+
+#[tokio::test]
+async fn ruby_runs_in_the_process_tier_from_host_paths() {
+    let Some((runtime, mut args)) = ruby() else {
+        return;
+    };
+    args.extend(["--sandbox".to_owned(), "process".to_owned()]);
+    let server = start(&args);
+    let client = server.client();
+    let zip = zip_of(&[("function.rb", FUNCTION.as_bytes(), 0o644)]);
+    create_managed(&client, "greeter", &runtime, "function.Greeter.greet", zip).await;
+    let got = invoke_tail(&client, "greeter", json!("process")).await;
+    assert_eq!(got.payload, json!("greetings, process"), "{}", got.log);
+}
