@@ -88,6 +88,7 @@ public class ContextInfo implements RequestHandler<Map<String, Object>, Map<Stri
         out.put("installationId", context.getClientContext() == null ? null
                 : context.getClientContext().getClient().getInstallationId());
         out.put("custom", context.getClientContext() == null ? null : context.getClientContext().getCustom());
+        out.put("identity", context.getIdentity() == null ? "none" : context.getIdentity().getIdentityId());
         out.put("javaVersion", System.getProperty("java.specification.version"));
         out.put("xray", System.getProperty("com.amazonaws.xray.traceHeader"));
         out.put("cwd", System.getProperty("user.dir"));
@@ -374,6 +375,7 @@ async fn the_context_carries_every_field_of_the_java_context() {
     assert!(remaining > 25_000 && remaining <= 30_000, "{remaining}");
     assert_eq!(context["installationId"], "install-1");
     assert_eq!(context["custom"], json!({"k": "v"}));
+    assert_eq!(context["identity"], "none");
     assert!(context["xray"].as_str().unwrap().starts_with("Root=1-"));
     let version = runtime.trim_start_matches("java");
     assert_eq!(context["javaVersion"], version);

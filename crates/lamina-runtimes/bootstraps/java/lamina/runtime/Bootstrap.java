@@ -574,17 +574,21 @@ public final class Bootstrap {
             return out;
         }
 
+        /** Null without a Cognito identity, as in the official client. */
         private static CognitoIdentity identity(String json) {
             Map<?, ?> map = object(json);
+            if (map == null) {
+                return null;
+            }
             String id = text(map, "cognitoIdentityId");
             String pool = text(map, "cognitoIdentityPoolId");
             return new CognitoIdentity() {
                 public String getIdentityId() {
-                    return id == null ? "" : id;
+                    return id;
                 }
 
                 public String getIdentityPoolId() {
-                    return pool == null ? "" : pool;
+                    return pool;
                 }
             };
         }
