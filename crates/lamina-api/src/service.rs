@@ -1481,6 +1481,33 @@ impl ControlPlane {
         }
     }
 
+    /// Replaces a layer version's policy if it is still at `expected`. `Ok(false)`: it
+    /// changed meanwhile and the caller, who named no revision, should read and try again.
+    fn write_layer_policy(
+        &self,
+        (name, version, arn): (&str, u64, &str),
+        expected: Option<&str>,
+        stored: Option<&StoredPolicy>,
+        caller_named_revision: bool,
+    ) -> Result<bool, ApiError> {
+        match self
+            .store
+            .put_layer_version_policy(name, version, expected, stored)
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::PolicyRevisionMismatch { .. }) if !caller_named_revision => Ok(false),
+            Err(StoreError::PolicyRevisionMismatch { .. }) => {
+                Err(ApiError::PolicyRevisionMismatch { layer: true })
+            }
+            Err(StoreError::LayerVersionNotFound { .. }) => {
+                Err(ApiError::LayerVersionDoesNotExist {
+                    arn: arn.to_owned(),
+                })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
     /// AddLayerVersionPermission.
     pub fn add_layer_version_permission(
         &self,
@@ -1503,26 +1530,16 @@ impl ControlPlane {
             }
             document.statements.push(statement.clone());
             let stored = Self::stored(&document);
-            match self.store.put_layer_version_policy(
-                &name,
-                version,
+            if self.write_layer_policy(
+                (&name, version, &arn),
                 expected.as_deref(),
                 stored.as_ref(),
-            ) {
-                Ok(()) => {
-                    return Ok(StatementResponse {
-                        statement: statement.to_json(),
-                        revision_id: stored.map(|s| s.revision_id),
-                    });
-                }
-                Err(StoreError::PolicyRevisionMismatch { .. }) if revision_id.is_none() => continue,
-                Err(StoreError::LayerVersionNotFound { .. }) => {
-                    return Err(ApiError::LayerVersionDoesNotExist { arn });
-                }
-                Err(StoreError::PolicyRevisionMismatch { .. }) => {
-                    return Err(ApiError::PolicyRevisionMismatch { layer: true });
-                }
-                Err(other) => return Err(other.into()),
+                revision_id.is_some(),
+            )? {
+                return Ok(StatementResponse {
+                    statement: statement.to_json(),
+                    revision_id: stored.map(|s| s.revision_id),
+                });
             }
         }
         Err(ApiError::UpdateInProgress { arn })
@@ -1552,21 +1569,13 @@ impl ControlPlane {
                     sid: sid.to_owned(),
                 });
             }
-            match self.store.put_layer_version_policy(
-                &name,
-                version,
+            if self.write_layer_policy(
+                (&name, version, &arn),
                 Some(&current),
                 Self::stored(&document).as_ref(),
-            ) {
-                Ok(()) => return Ok(()),
-                Err(StoreError::PolicyRevisionMismatch { .. }) if revision_id.is_none() => continue,
-                Err(StoreError::LayerVersionNotFound { .. }) => {
-                    return Err(ApiError::LayerVersionDoesNotExist { arn });
-                }
-                Err(StoreError::PolicyRevisionMismatch { .. }) => {
-                    return Err(ApiError::PolicyRevisionMismatch { layer: true });
-                }
-                Err(other) => return Err(other.into()),
+                revision_id.is_some(),
+            )? {
+                return Ok(());
             }
         }
         Err(ApiError::UpdateInProgress { arn })
@@ -1712,22 +1721,13 @@ impl ControlPlane {
 
     pub fn account_settings(&self) -> Result<AccountSettings, ApiError> {
         let usage = self.store.account_usage()?;
-        let reserved: u64 = self
-            .store
-            .reservations()?
-            .iter()
-            .map(|(_, reserved)| u64::from(*reserved))
-            .sum();
         Ok(AccountSettings {
             account_limit: AccountLimit {
                 total_code_size: TOTAL_CODE_SIZE_LIMIT,
                 code_size_unzipped: self.code_limits.max_unzipped_bytes,
                 code_size_zipped: self.code_limits.max_zipped_bytes,
                 concurrent_executions: self.concurrent_executions,
-                unreserved_concurrent_executions: u64::from(self.concurrent_executions)
-                    .saturating_sub(reserved)
-                    .saturating_sub(self.unreserved_provisioned(None)?)
-                    as u32,
+                unreserved_concurrent_executions: self.unreserved_concurrency(None)? as u32,
             },
             account_usage: AccountUsageResponse {
                 total_code_size: usage.total_code_size,
@@ -1943,12 +1943,7 @@ mod tests {
     }
 
     fn function(name: &str, qualifier: Option<&str>) -> FunctionRef {
-        FunctionRef {
-            name: name.into(),
-            qualifier: qualifier.map(str::to_owned),
-            region: None,
-            account_id: None,
-        }
+        FunctionRef::named(name, qualifier)
     }
 
     #[test]

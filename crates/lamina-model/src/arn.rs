@@ -94,6 +94,16 @@ pub fn is_version_number(qualifier: &str) -> bool {
 pub const MAX_FUNCTION_NAME_LEN: usize = 64;
 
 impl FunctionRef {
+    /// A function of this server's own account, by bare name.
+    pub fn named(name: &str, qualifier: Option<&str>) -> FunctionRef {
+        FunctionRef {
+            name: name.to_owned(),
+            qualifier: qualifier.map(str::to_owned),
+            region: None,
+            account_id: None,
+        }
+    }
+
     /// Parses `input` as the member `member` (for messages) of the given shape; constraint
     /// failures are recorded in `violations` as AWS reports them, and `None` returned.
     pub fn parse(

@@ -60,12 +60,7 @@ impl ControlPlane {
         config: &ProvisionedConfig,
         with_arn: bool,
     ) -> Result<ProvisionedConcurrencyConfig, ApiError> {
-        let function = FunctionRef {
-            name: config.function_name.clone(),
-            qualifier: Some(config.qualifier.clone()),
-            region: None,
-            account_id: None,
-        };
+        let function = FunctionRef::named(&config.function_name, Some(&config.qualifier));
         let allocated = match self.find_version(&function) {
             Ok(version) => self.change_listener.as_ref().map_or(0, |listener| {
                 listener.provisioned_allocated(&config.function_name, &version.version)
@@ -101,12 +96,7 @@ impl ControlPlane {
         let configs = self.store.provisioned(Some(&function.name))?;
         let is_alias = qualifier != version;
         for config in configs.iter().filter(|c| c.qualifier != qualifier) {
-            let other = FunctionRef {
-                name: function.name.clone(),
-                qualifier: Some(config.qualifier.clone()),
-                region: None,
-                account_id: None,
-            };
+            let other = FunctionRef::named(&function.name, Some(&config.qualifier));
             let other_is_alias = matches!(other.qualifier_kind(), Qualifier::Alias(_));
             let same_version = self
                 .find_version(&other)
@@ -129,26 +119,30 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Provisioned concurrency of the functions that have no reservation: it comes out of
-    /// the unreserved pool.
-    pub(super) fn unreserved_provisioned(
+    /// What is left of the account limit for functions without a reservation: the limit
+    /// minus every reservation and the provisioned concurrency of unreserved functions
+    /// (leaving out one configuration, the one being replaced).
+    pub(super) fn unreserved_concurrency(
         &self,
         except: Option<(&str, &str)>,
     ) -> Result<u64, ApiError> {
-        let reserved: std::collections::HashSet<String> = self
-            .store
-            .reservations()?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        Ok(self
+        let reservations = self.store.reservations()?;
+        let reserved: u64 = reservations.iter().map(|(_, r)| u64::from(*r)).sum();
+        let provisioned: u64 = self
             .store
             .provisioned(None)?
             .iter()
-            .filter(|c| !reserved.contains(&c.function_name))
+            .filter(|c| {
+                !reservations
+                    .iter()
+                    .any(|(name, _)| *name == c.function_name)
+            })
             .filter(|c| except != Some((c.function_name.as_str(), c.qualifier.as_str())))
             .map(|c| u64::from(c.requested))
-            .sum())
+            .sum();
+        Ok(u64::from(self.concurrent_executions)
+            .saturating_sub(reserved)
+            .saturating_sub(provisioned))
     }
 
     pub fn put_provisioned_concurrency(
@@ -193,20 +187,10 @@ impl ControlPlane {
             }
             Some(_) => {}
             None => {
-                let reserved: u64 = self
-                    .store
-                    .reservations()?
-                    .iter()
-                    .map(|(_, r)| u64::from(*r))
-                    .sum();
                 let minimum = u64::from(lamina_engine::ConcurrencyGovernor::minimum_unreserved(
                     self.concurrent_executions,
                 ));
-                let unreserved = u64::from(self.concurrent_executions)
-                    .saturating_sub(reserved)
-                    .saturating_sub(
-                        self.unreserved_provisioned(Some((&function.name, &qualifier)))?,
-                    );
+                let unreserved = self.unreserved_concurrency(Some((&function.name, &qualifier)))?;
                 if unreserved < u64::from(requested) + minimum {
                     return Err(RequestError::InvalidParameter(format!(
                         "Specified ConcurrentExecutions for function decreases account's \
@@ -286,12 +270,7 @@ impl ControlPlane {
         };
         let mut targets = std::collections::BTreeMap::<String, u32>::new();
         for config in self.store.provisioned(Some(function_name))? {
-            let function = FunctionRef {
-                name: config.function_name.clone(),
-                qualifier: Some(config.qualifier.clone()),
-                region: None,
-                account_id: None,
-            };
+            let function = FunctionRef::named(&config.function_name, Some(&config.qualifier));
             if let Ok(version) = self.find_version(&function) {
                 let target = targets.entry(version.version).or_default();
                 *target = target.saturating_add(config.requested);
