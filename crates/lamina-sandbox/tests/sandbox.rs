@@ -256,7 +256,12 @@ fn tmp_is_writable_capped_and_not_charged_to_memory() {
     spec.memory_mb = 128;
     spec.ephemeral_storage_mb = 512;
     let (out, exit) = fx.run(&spec);
-    assert_eq!(out, "300 /tmp/big\n");
+    // Allocated size: all 300 MB landed on /tmp's disk. ext4 may allocate one more block
+    // for the file's extent tree, which `ls -s` rounds up to a 301st MB.
+    assert!(
+        out == "300 /tmp/big\n" || out == "301 /tmp/big\n",
+        "/tmp/big: {out}"
+    );
     assert_eq!(
         exit,
         EnvironmentExit {
