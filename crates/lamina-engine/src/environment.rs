@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use lamina_model::FunctionVersion;
 use lamina_runtime_api::RuntimeApi;
 use lamina_runtimes::{Launch, LaunchRequest, Placement, RuntimeCatalog, RuntimeLaunch};
-use lamina_sandbox::{EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxTier};
+use lamina_sandbox::{
+    EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxTier, StartedEnvironment,
+    Template,
+};
 use tokio::sync::{oneshot, watch};
 
 use crate::log_relay::LogRelay;
+use crate::zygotes::Zygotes;
 use crate::{EngineError, InitTiming};
 
 /// Counts the environments using each code tree, so that code garbage collection leaves
@@ -120,6 +124,7 @@ impl Environment {
         logs: &lamina_logs::LogSink,
         runtime: &tokio::runtime::Handle,
         code_lease: CodeLease,
+        zygotes: &Zygotes,
     ) -> Result<Arc<Environment>, EngineError> {
         let runtime_name = version.settings.runtime.clone().unwrap_or_default();
         // The process tier mounts nothing: a managed runtime runs from the host's paths.
@@ -167,7 +172,24 @@ impl Environment {
         };
         let _guard = runtime.enter();
         let sandbox_started = std::time::Instant::now();
-        let started = sandbox.start(&spec).map_err(EngineError::Sandbox)?;
+        let zygote = managed
+            .as_ref()
+            .filter(|_| sandbox.tier() == SandboxTier::Linux)
+            .and_then(|launch| {
+                let zygote = launch.zygote.as_ref()?;
+                Some((zygote.key.as_str(), zygotes.get(zygote, &launch.mounts)?))
+            });
+        let started = match zygote {
+            Some((key, template)) => match start_from_zygote(sandbox.as_ref(), &spec, &template) {
+                Ok(started) => started,
+                Err(err) => {
+                    tracing::warn!(runtime = %key, %err, "the zygote could not start an environment; retiring it and starting this one the usual way");
+                    zygotes.retire(key);
+                    sandbox.start(&spec).map_err(EngineError::Sandbox)?
+                }
+            },
+            None => sandbox.start(&spec).map_err(EngineError::Sandbox)?,
+        };
         tracing::debug!(
             elapsed_us = sandbox_started.elapsed().as_micros() as u64,
             environment = %context.environment_id,
@@ -346,6 +368,32 @@ impl Environment {
 }
 
 /// The variables Lambda sets in every environment, then the function's own.
+/// Starts an environment whose main process the runtime's zygote forks.
+fn start_from_zygote(
+    sandbox: &dyn Sandbox,
+    spec: &EnvironmentSpec,
+    template: &Template,
+) -> Result<StartedEnvironment, lamina_sandbox::SandboxError> {
+    let began = Instant::now();
+    let (started, adoption) = sandbox.start_for_adoption(spec)?;
+    let root_ready = began.elapsed();
+    match template.adopt(adoption) {
+        Ok(pid) => {
+            tracing::debug!(
+                root_ready_us = root_ready.as_micros() as u64,
+                forked_us = (began.elapsed() - root_ready).as_micros() as u64,
+                pid,
+                "environment adopted from the zygote"
+            );
+            Ok(started)
+        }
+        Err(err) => {
+            started.handle.destroy();
+            Err(err)
+        }
+    }
+}
+
 fn environment_variables(
     version: &FunctionVersion,
     context: &StartContext,

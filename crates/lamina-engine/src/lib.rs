@@ -34,6 +34,7 @@ mod environment;
 pub mod host_memory;
 pub mod keep_alive;
 mod log_relay;
+mod zygotes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -104,6 +105,8 @@ pub struct EngineConfig {
     pub host_memory: host_memory::HostMemory,
     /// The managed runtimes this server can start, and how.
     pub runtimes: Arc<lamina_runtimes::RuntimeCatalog>,
+    /// Whether runtimes with a zygote (Python) fork cold starts from it ([`zygotes`]).
+    pub zygotes: bool,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -192,6 +195,7 @@ pub struct Engine {
     /// from the store while a change lands is not cached over the change.
     generation: AtomicU64,
     code_in_use: Arc<CodeInUse>,
+    zygotes: Arc<zygotes::Zygotes>,
     environments_started: AtomicU64,
     concurrency: ConcurrencyGovernor,
     /// For the background work methods on `&self` start (replacing provisioned
@@ -291,6 +295,7 @@ impl Engine {
         for (function_name, reserved) in store.reservations()? {
             concurrency.set_reservation(&function_name, Some(reserved));
         }
+        let zygotes = Arc::new(zygotes::Zygotes::new(config.zygotes));
         Ok(Arc::new_cyclic(|myself| Engine {
             myself: myself.clone(),
             config,
@@ -302,6 +307,7 @@ impl Engine {
             aliases: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             code_in_use: Arc::default(),
+            zygotes,
             environments_started: AtomicU64::new(0),
             concurrency,
         }))
@@ -784,6 +790,7 @@ impl Engine {
         };
         let sandbox = self.sandbox.clone();
         let runtimes = self.config.runtimes.clone();
+        let zygotes = self.zygotes.clone();
         let code = self.code.clone();
         let logs = self.logs.clone();
         let version = slot.version.clone();
@@ -824,6 +831,7 @@ impl Engine {
                 &logs,
                 &runtime,
                 code_lease,
+                &zygotes,
             );
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,

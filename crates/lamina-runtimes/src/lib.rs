@@ -198,6 +198,21 @@ pub struct RuntimeLaunch {
     /// A directory that must lead `LD_LIBRARY_PATH` even when the function sets its own,
     /// because the interpreter cannot start without it.
     pub required_library_dir: Option<String>,
+    /// A pre-initialised process that can fork this environment's main process instead
+    /// of `argv` being exec'd (`lamina_sandbox::Template`), when the runtime has one and
+    /// the function's variables allow it.
+    pub zygote: Option<ZygoteLaunch>,
+}
+
+/// How to start a runtime's zygote: one per runtime, shared by its functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZygoteLaunch {
+    /// Names the zygote (the runtime id): environments of equal keys share one.
+    pub key: String,
+    pub argv: Vec<String>,
+    /// The zygote's own environment: what the interpreter reads at start-up, as a fresh
+    /// start of the runtime would see it.
+    pub env: Vec<(String, String)>,
 }
 
 /// What an environment of a runtime runs.
@@ -487,6 +502,26 @@ impl RuntimeCatalog {
             .collect(),
             Placement::Host => Vec::new(),
         };
+        let zygote = (spec.language == Language::Python
+            && request.placement == Placement::Sandbox
+            && python::zygote_compatible(request.variables))
+        .then(|| ZygoteLaunch {
+            key: runtime.to_owned(),
+            argv: python::zygote_argv(&paths),
+            env: default_env
+                .iter()
+                .cloned()
+                .chain(
+                    [
+                        ("LANG", "en_US.UTF-8"),
+                        ("TZ", ":UTC"),
+                        ("LAMBDA_RUNTIME_DIR", RUNTIME_DIR),
+                        ("LAMBDA_TASK_ROOT", "/var/task"),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+                )
+                .collect(),
+        });
         Ok(Launch::Managed(RuntimeLaunch {
             mounts,
             argv,
@@ -494,6 +529,7 @@ impl RuntimeCatalog {
             required_library_dir: interpreter
                 .needs_lib_dir
                 .then(|| format!("{}/lib", paths.lang)),
+            zygote,
         }))
     }
 }

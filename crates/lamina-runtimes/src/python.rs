@@ -14,28 +14,32 @@ use std::process::Command;
 use crate::{Interpreter, LaunchPaths};
 
 pub(crate) const BOOTSTRAP: &str = include_str!("../bootstraps/python/bootstrap.py");
+pub(crate) const ZYGOTE: &str = include_str!("../bootstraps/python/zygote.py");
 
 const COMPILE: &str = "import py_compile, sys\n\
 py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True, \
 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
 
-/// Writes `bootstrap.py` and its `.pyc` for `interpreter` into `dir`.
+/// Writes `bootstrap.py`, `zygote.py` and their `.pyc`s for `interpreter` into `dir`.
 pub(crate) fn install(interpreter: &Interpreter, dir: &Path) -> Result<(), String> {
-    let source = dir.join("bootstrap.py");
-    let compiled = dir.join("bootstrap.pyc");
-    crate::write_readable(&source, BOOTSTRAP.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", source.display()))?;
-    crate::discovery::run(
-        Command::new(&interpreter.executable)
-            .args(["-I", "-S", "-c", COMPILE])
-            .arg(&source)
-            .arg(&compiled)
-            // Tracebacks name the file where it is mounted, whatever the tier.
-            .arg(format!("{}/bootstrap.py", crate::RUNTIME_DIR)),
-    )
-    .map_err(|e| format!("cannot compile Lamina's Python bootstrap: {e}"))?;
-    crate::set_mode(&compiled, 0o644)
-        .map_err(|e| format!("cannot make {} readable: {e}", compiled.display()))
+    for (name, source_text) in [("bootstrap", BOOTSTRAP), ("zygote", ZYGOTE)] {
+        let source = dir.join(format!("{name}.py"));
+        let compiled = dir.join(format!("{name}.pyc"));
+        crate::write_readable(&source, source_text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", source.display()))?;
+        crate::discovery::run(
+            Command::new(&interpreter.executable)
+                .args(["-I", "-S", "-c", COMPILE])
+                .arg(&source)
+                .arg(&compiled)
+                // Tracebacks name the file where it is mounted, whatever the tier.
+                .arg(format!("{}/{name}.py", crate::RUNTIME_DIR)),
+        )
+        .map_err(|e| format!("cannot compile Lamina's Python {name}: {e}"))?;
+        crate::set_mode(&compiled, 0o644)
+            .map_err(|e| format!("cannot make {} readable: {e}", compiled.display()))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn launch(paths: &LaunchPaths) -> (Vec<String>, Vec<(String, String)>) {
@@ -46,4 +50,34 @@ pub(crate) fn launch(paths: &LaunchPaths) -> (Vec<String>, Vec<(String, String)>
         format!("{}/bootstrap.pyc", paths.runtime),
     ];
     (argv, Vec::new())
+}
+
+/// The command line of the runtime's zygote (`bootstraps/python/zygote.py`).
+pub(crate) fn zygote_argv(paths: &LaunchPaths) -> Vec<String> {
+    vec![
+        paths.executable.clone(),
+        "-S".to_owned(),
+        "-u".to_owned(),
+        format!("{}/zygote.pyc", paths.runtime),
+    ]
+}
+
+/// Whether a function's own variables leave a zygote's interpreter as a fresh start would
+/// make it: variables the interpreter or the dynamic loader read at start-up
+/// (`PYTHON*`, `LD_*`, locale) and a wrapper script would be ignored by a fork.
+pub(crate) fn zygote_compatible(
+    variables: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    variables.is_none_or(|variables| {
+        variables.keys().all(|name| {
+            !(name.starts_with("PYTHON")
+                || name.starts_with("LD_")
+                || name.starts_with("LC_")
+                || name.starts_with("MALLOC_")
+                || name.starts_with("GLIBC_")
+                || name == "LANG"
+                || name == "LANGUAGE"
+                || name == "AWS_LAMBDA_EXEC_WRAPPER")
+        })
+    })
 }

@@ -56,6 +56,15 @@ pub enum SandboxError {
     #[error("ephemeral storage {path}: {reason}")]
     TmpStorage { path: PathBuf, reason: String },
 
+    /// The tier or the kernel cannot start environments for adoption
+    /// ([`crate::Sandbox::start_for_adoption`]).
+    #[error("environments cannot be adopted here: {reason}")]
+    AdoptionUnsupported { reason: String },
+
+    /// A template process (a runtime's zygote) could not be started or failed a request.
+    #[error("template {name}: {reason}")]
+    Template { name: String, reason: String },
+
     /// The seccomp filter could not be compiled.
     #[error("seccomp filter: {0}")]
     Seccomp(String),

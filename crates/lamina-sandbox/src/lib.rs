@@ -32,12 +32,14 @@ mod process;
 mod seccomp;
 mod spawner;
 mod sys;
+mod template;
 mod tmp_pool;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::SandboxError;
+pub use template::{Template, TemplateSpec};
 
 /// Which tier the caller asks for (`lamina serve --sandbox auto|linux|process`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,65 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// Starts one environment. Blocking; returns once the function's process has exec'd
     /// (so setup failures come back here as errors), typically in about a millisecond.
     fn start(&self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError>;
+
+    /// Starts an environment whose main process is *adopted* rather than exec'd: the
+    /// root, cgroups, namespaces and init are built exactly as by [`Sandbox::start`]
+    /// (`spec.argv` is not run), and the returned [`Adoption`] lets a pre-initialised
+    /// template process (a runtime's zygote) fork a child into the environment and become
+    /// its main process. Returns once the root is ready. Tiers that cannot do it say why.
+    fn start_for_adoption(
+        &self,
+        spec: &EnvironmentSpec,
+    ) -> Result<(StartedEnvironment, Adoption), SandboxError> {
+        let _ = spec;
+        Err(SandboxError::AdoptionUnsupported {
+            reason: format!("the {:?} tier runs no init to adopt into", self.tier()),
+        })
+    }
+}
+
+/// What a process needs to make a child of its own the main process of an environment
+/// started by [`Sandbox::start_for_adoption`], run as the sandbox would have run an exec'd
+/// one. The adopter (Lamina's Python zygote) must:
+/// 1. open every `cgroup_procs` file, `setns(init_pidfd, CLONE_NEWPID)` so that its next
+///    child is born in the environment's PID namespace (PID 2, as an exec'd main process
+///    is), fork it, and `setns` its own PID namespace back;
+/// 2. in the child: write `0` to each opened `cgroup.procs`, `setns(init_pidfd,
+///    namespaces & !CLONE_NEWPID)`, `setsid`, stdin from `/dev/null` and stdout/stderr to
+///    `output`, close every other descriptor, `chdir(cwd)`, set `RLIMIT_CORE` 0 and
+///    `RLIMIT_NOFILE` `nofile`, drop the ambient and bounding capabilities
+///    (`0..=cap_last_cap`), `setgroups([])`, `setresgid`/`setresuid` to `gid`/`uid`, clear
+///    the inheritable set, `PR_SET_NO_NEW_PRIVS`, install each of `seccomp_programs` in
+///    order, and replace its environment with `env`;
+/// 3. stay the child's parent: when it exits, write its raw wait status (4 bytes, native
+///    endian) to `status`, then kill the init through `init_pidfd` (which ends the
+///    namespace), as the init does for an exec'd main process. If the adopter dies
+///    first, the status pipe reaches EOF without a status and the environment's handle
+///    kills the init itself.
+///
+/// Step 2 repeats what the linux tier's own function process does before `execve`
+/// (`linux::function_main`): only the adopter can run code after its fork.
+#[derive(Debug)]
+pub struct Adoption {
+    /// A pidfd of the environment's init (PID 1 of its namespaces).
+    pub init_pidfd: std::os::fd::OwnedFd,
+    /// The flags to pass to `setns` with `init_pidfd`.
+    pub namespaces: i32,
+    /// Write end of the pipe that carries the function's stdout and stderr.
+    pub output: std::os::fd::OwnedFd,
+    /// Write end of the pipe on which the main process's wait status is reported.
+    pub status: std::os::fd::OwnedFd,
+    /// The `cgroup.procs` files of every hierarchy the environment's processes belong to.
+    pub cgroup_procs: Vec<PathBuf>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub nofile: u64,
+    pub cap_last_cap: u32,
+    /// Classic BPF programs (`struct sock_filter` arrays as raw bytes, native endian).
+    pub seccomp_programs: Vec<Vec<u8>>,
+    /// The complete environment, `AWS_LAMBDA_RUNTIME_API` included.
+    pub env: Vec<(String, String)>,
 }
 
 /// What to run and with which limits.

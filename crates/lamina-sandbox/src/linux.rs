@@ -50,8 +50,8 @@ use crate::spawner::{self, ChildConfig, Outcome, SpawnError, Spawner, StartReque
 use crate::sys;
 use crate::tmp_pool::{Ext4Pool, TmpLease, TmpStorage, TmpfsStorage};
 use crate::{
-    EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxError, SandboxOptions,
-    SandboxTier, StartedEnvironment,
+    Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxError,
+    SandboxOptions, SandboxTier, StartedEnvironment,
 };
 
 pub(crate) const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -239,7 +239,13 @@ pub(crate) struct ChildContext<'a> {
     pub cwd: &'a CStr,
     pub filters: &'a CompiledFilters,
     pub cap_last_cap: u32,
+    /// Fork no function process: one is adopted ([`crate::Adoption`]).
+    pub adopt: bool,
 }
+
+/// The PID an adopted main process has in the environment's namespace: the adopter forks
+/// it as the first process created there after the init, which itself forks nothing.
+const ADOPTED_MAIN_PID: libc::pid_t = 2;
 
 /// Stages the child reports on the ready pipe.
 #[repr(u32)]
@@ -347,13 +353,25 @@ pub(crate) fn init_main(ctx: &ChildContext<'_>) -> ! {
         }
         libc::sigprocmask(libc::SIG_BLOCK, &waited, std::ptr::null_mut());
     }
-    let main = sys::raw_fork();
-    if main == 0 {
-        function_main(ctx);
-    }
-    if main < 0 {
-        report_and_exit(ctx.ready_w, Stage::Fork, 0, last_errno());
-    }
+    let main = if ctx.adopt {
+        // The root is ready: closing the ready pipe tells the server so. The adopter holds
+        // the output and status pipes and reports the main process's status itself (it is
+        // the adopted process's parent; this init is not), then kills this init.
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(ctx.status_w);
+        }
+        ADOPTED_MAIN_PID
+    } else {
+        let main = sys::raw_fork();
+        if main == 0 {
+            function_main(ctx);
+        }
+        if main < 0 {
+            report_and_exit(ctx.ready_w, Stage::Fork, 0, last_errno());
+        }
+        main
+    };
     // SAFETY: closing our copies: the function holds the output and ready pipes now.
     unsafe {
         libc::close(ctx.ready_w);
@@ -370,7 +388,7 @@ pub(crate) fn init_main(ctx: &ChildContext<'_>) -> ! {
                 if pid <= 0 {
                     break;
                 }
-                if pid == main {
+                if pid == main && !ctx.adopt {
                     sys::write_raw(ctx.status_w, &status.to_ne_bytes());
                     // SAFETY: async-signal-safe exit; the kernel kills what is left.
                     unsafe { libc::_exit(0) };
@@ -559,6 +577,30 @@ impl Sandbox for LinuxSandbox {
     }
 
     fn start(&self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError> {
+        self.start_environment(spec, false)
+            .map(|(started, _)| started)
+    }
+
+    fn start_for_adoption(
+        &self,
+        spec: &EnvironmentSpec,
+    ) -> Result<(StartedEnvironment, Adoption), SandboxError> {
+        let (started, adoption) = self.start_environment(spec, true)?;
+        let adoption = adoption.ok_or_else(|| SandboxError::AdoptionUnsupported {
+            reason: "the kernel gave the environment's init no pidfd (Linux 5.3 or later is needed, 5.8 for setns through it)".to_owned(),
+        })?;
+        Ok((started, adoption))
+    }
+}
+
+impl LinuxSandbox {
+    /// Starts an environment; with `adopt`, one whose main process will be adopted, and
+    /// what the adopter needs (`None` without a pidfd of the init to `setns` through).
+    fn start_environment(
+        &self,
+        spec: &EnvironmentSpec,
+        adopt: bool,
+    ) -> Result<(StartedEnvironment, Option<Adoption>), SandboxError> {
         crate::validate_spec(spec)?;
         let id = spec.environment_id.as_str();
         let invalid = |reason: String| SandboxError::InvalidSpec {
@@ -591,6 +633,7 @@ impl Sandbox for LinuxSandbox {
             lease: Mutex::new(None),
             exit: Mutex::new(None),
             destroyed: AtomicBool::new(false),
+            adopted: adopt,
         };
         // From here on, dropping `env` releases what has been acquired.
         let lease = self.tmp.acquire(spec.ephemeral_storage_mb)?;
@@ -641,6 +684,7 @@ impl Sandbox for LinuxSandbox {
             cwd: &cwd,
             join: &join_refs,
             join_if_not_cloned_into: join_fallback.as_deref(),
+            adopt,
         });
         if request.len() > spawner::REQUEST_MAX {
             return Err(invalid(format!(
@@ -660,7 +704,7 @@ impl Sandbox for LinuxSandbox {
         };
         let spawned = match self
             .spawner
-            .spawn(&request, into.as_ref().map(|f| f.as_fd()))
+            .spawn(&request, into.as_ref().map(|f| f.as_fd()), adopt)
         {
             Ok(spawned) => spawned,
             Err(SpawnError::Spawner(reason)) => {
@@ -737,12 +781,45 @@ impl Sandbox for LinuxSandbox {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        Ok(StartedEnvironment {
-            runtime_api_listener: listener,
-            runtime_api_address: runtime_api,
-            output: spawned.output,
-            handle: Box::new(env),
-        })
+        let adoption = match (spawned.adopter_ends, &env.pidfd) {
+            (Some((output, status)), Some(pidfd)) => Some(Adoption {
+                init_pidfd: pidfd
+                    .try_clone()
+                    .map_err(|e| SandboxError::syscall("dup (pidfd)", id, e))?,
+                namespaces: (NAMESPACES | libc::CLONE_NEWCGROUP as u64) as i32,
+                output,
+                status,
+                cgroup_procs: join
+                    .iter()
+                    .chain(join_fallback.as_ref())
+                    .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+                    .collect(),
+                cwd: spec.cwd.clone(),
+                uid: SANDBOX_UID,
+                gid: SANDBOX_GID,
+                nofile: RLIMIT_NOFILE,
+                cap_last_cap: self.spawner.config().cap_last_cap,
+                seccomp_programs: self.spawner.config().filters.as_bytes(),
+                env: env_c
+                    .iter()
+                    .filter_map(|kv| {
+                        let kv = kv.to_str().ok()?;
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_owned(), v.to_owned()))
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        };
+        Ok((
+            StartedEnvironment {
+                runtime_api_listener: listener,
+                runtime_api_address: runtime_api,
+                output: spawned.output,
+                handle: Box::new(env),
+            },
+            adoption,
+        ))
     }
 }
 
@@ -763,6 +840,8 @@ struct LinuxEnvironment {
     /// Set once the init has been reaped; the lock also serialises waiting.
     exit: Mutex<Option<EnvironmentExit>>,
     destroyed: AtomicBool,
+    /// The main process is adopted: its parent, not the init, reports its status.
+    adopted: bool,
 }
 
 impl EnvironmentHandle for LinuxEnvironment {
@@ -795,6 +874,12 @@ impl EnvironmentHandle for LinuxEnvironment {
             .and_then(|f| sys::read_full(f.as_raw_fd(), &mut buf).ok())
             .filter(|n| *n == 4)
             .map(|_| i32::from_ne_bytes(buf));
+        // An adopted main process's parent reports its status and then kills the init;
+        // EOF without a status means that parent is gone (or the environment was never
+        // adopted), and nothing else would end the init.
+        if self.adopted && main_status.is_none() {
+            self.kill();
+        }
         // Then until the init is gone, as when we reaped it ourselves.
         if let Some(pidfd) = &self.pidfd {
             sys::wait_pidfd_exit(pidfd.as_raw_fd());

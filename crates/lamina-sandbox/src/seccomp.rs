@@ -81,6 +81,29 @@ pub(crate) struct CompiledFilters {
     pub programs: Vec<BpfProgram>,
 }
 
+impl CompiledFilters {
+    /// Each program as the bytes of its `struct sock_filter` array (native endian), for a
+    /// process that installs the filters itself ([`crate::Adoption`]).
+    pub(crate) fn as_bytes(&self) -> Vec<Vec<u8>> {
+        self.programs
+            .iter()
+            .map(|program| {
+                program
+                    .iter()
+                    .flat_map(|insn| {
+                        let mut bytes = [0u8; 8];
+                        bytes[..2].copy_from_slice(&insn.code.to_ne_bytes());
+                        bytes[2] = insn.jt;
+                        bytes[3] = insn.jf;
+                        bytes[4..].copy_from_slice(&insn.k.to_ne_bytes());
+                        bytes
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 fn arch() -> Result<TargetArch, SandboxError> {
     std::env::consts::ARCH.try_into().map_err(|e| {
         SandboxError::Seccomp(format!(

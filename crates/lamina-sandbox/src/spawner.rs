@@ -87,6 +87,9 @@ pub(crate) struct StartRequest<'a> {
     pub join: &'a [&'a CStr],
     /// The cgroup2 `cgroup.procs` to join instead when `CLONE_INTO_CGROUP` is unavailable.
     pub join_if_not_cloned_into: Option<&'a CStr>,
+    /// The init forks no function process: one is adopted ([`crate::Adoption`]), and the
+    /// reply carries the output and status pipes' write ends for the adopter.
+    pub adopt: bool,
 }
 
 // ---- encoding: the server side, allocating freely ----
@@ -185,6 +188,7 @@ pub(crate) fn encode_request(req: &StartRequest<'_>) -> Vec<u8> {
         w.cstr(s);
     }
     w.opt_cstr(req.join_if_not_cloned_into);
+    w.u32(u32::from(req.adopt));
     w.0
 }
 
@@ -297,6 +301,7 @@ struct Decoded<'a> {
     cwd: &'a CStr,
     join: WireStrings<'a>,
     join_if_not_cloned_into: Option<&'a CStr>,
+    adopt: bool,
 }
 
 /// Validates the whole request and fills the NUL-terminated `argv`/`envp` pointer arrays
@@ -344,12 +349,18 @@ fn decode<'a>(
         r.cstr()?;
     }
     let join_if_not_cloned_into = r.opt_cstr()?;
+    let adopt = match r.u32()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     (r.pos == buf.len()).then_some(Decoded {
         steps,
         argv0,
         cwd,
         join,
         join_if_not_cloned_into,
+        adopt,
     })
 }
 
@@ -369,7 +380,8 @@ pub(crate) enum Outcome {
 }
 
 /// The fixed reply record. With [`Outcome::Started`] it carries, via `SCM_RIGHTS` and in
-/// this order: listener, output read end, status read end, ready read end, pidfd (if any).
+/// this order: listener, output read end, status read end, ready read end, then for an
+/// adopted environment the output and status write ends, then the pidfd (if any).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reply {
     pub outcome: Outcome,
@@ -488,7 +500,7 @@ fn write_pid(path: &CStr, pid: i32) -> Result<(), i32> {
 }
 
 /// Descriptors to send with a reply.
-type ReplyFds = [Option<OwnedFd>; 5];
+type ReplyFds = [Option<OwnedFd>; 7];
 
 /// Serves one request. Allocation-free. Never returns in the cloned child.
 fn serve(
@@ -533,6 +545,7 @@ fn serve(
         cwd: req.cwd,
         filters: &config.filters,
         cap_last_cap: config.cap_last_cap,
+        adopt: req.adopt,
     };
     let into = cgroup_fd.map(|f| f.as_raw_fd());
     // SAFETY: the child runs only `init_main`, which is allocation-free and uses
@@ -555,7 +568,9 @@ fn serve(
         Err(e) => return Reply::failed(Outcome::Clone, 0, errno_of(&e), 0),
     };
     let cloned_into = into.is_some() && child.pidfd.is_some();
-    drop((go_r, ready_w, status_w, out_w));
+    drop((go_r, ready_w));
+    // The adopter writes the function's output and status; the init closes its copies.
+    let adopter_ends = req.adopt.then_some((out_w, status_w));
     let pid = child.pid;
     let fail = |outcome, detail, errno| {
         kill_child(pid, child.pidfd.as_ref());
@@ -619,11 +634,14 @@ fn serve(
     sys::write_raw(go_w.as_raw_fd(), b"g");
     drop(go_w);
     let has_pidfd = child.pidfd.is_some();
+    let (out_w, status_w) = adopter_ends.unzip();
     *fds = [
         Some(OwnedFd::from(listener)),
         Some(out_r),
         Some(status_r),
         Some(ready_r),
+        out_w,
+        status_w,
         child.pidfd,
     ];
     Reply {
@@ -654,7 +672,7 @@ fn spawner_main(
     loop {
         let mut received: [Option<OwnedFd>; 1] = [None];
         let got = sys::recv_with_fds(sock.as_raw_fd(), &mut buffers.request, &mut received);
-        let reply_fds: &mut ReplyFds = &mut [None, None, None, None, None];
+        let reply_fds: &mut ReplyFds = &mut [None, None, None, None, None, None, None];
         let reply = match got {
             // The server closed its end (sandbox dropped or server gone).
             Ok(r) if r.len == 0 => {
@@ -674,7 +692,7 @@ fn spawner_main(
             Err(_) => unsafe { libc::_exit(1) },
         };
         drop(received);
-        let mut raw = [-1; 5];
+        let mut raw = [-1; 7];
         let mut n = 0;
         for fd in reply_fds.iter().flatten() {
             raw[n] = fd.as_raw_fd();
@@ -699,6 +717,8 @@ pub(crate) struct Spawned {
     pub output: File,
     pub status_r: File,
     pub ready_r: OwnedFd,
+    /// For an adopted environment: the output and status pipes' write ends.
+    pub adopter_ends: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// Why a request failed.
@@ -742,6 +762,11 @@ impl Spawner {
         })
     }
 
+    /// What every environment's process is given (filters, capabilities, network).
+    pub(crate) fn config(&self) -> &ChildConfig {
+        &self.config
+    }
+
     /// The spawner's pid (for tests and diagnostics).
     #[cfg(test)]
     pub(crate) fn pid(&self) -> Option<libc::pid_t> {
@@ -757,6 +782,7 @@ impl Spawner {
         &self,
         request: &[u8],
         cgroup_fd: Option<BorrowedFd<'_>>,
+        adopt: bool,
     ) -> Result<Spawned, SpawnError> {
         let mut guard = self
             .connection
@@ -778,7 +804,7 @@ impl Spawner {
         let sock = connection.sock.as_raw_fd();
         let fds: Vec<RawFd> = cgroup_fd.iter().map(|f| f.as_raw_fd()).collect();
         let mut reply = [0u8; Reply::LEN + 1];
-        let mut received: ReplyFds = [None, None, None, None, None];
+        let mut received: ReplyFds = [None, None, None, None, None, None, None];
         let exchange = match sys::send_with_fds(sock, request, &fds) {
             // Too big for the socket buffer: this request's problem, not the spawner's.
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
@@ -821,7 +847,13 @@ impl Spawner {
         if parsed.outcome != Outcome::Started {
             return Err(SpawnError::Failed(parsed));
         }
-        let [listener, output, status_r, ready_r, pidfd] = received;
+        let [listener, output, status_r, ready_r, fifth, sixth, seventh] = received;
+        // SCM_RIGHTS packs descriptors without gaps: the pidfd follows the adopter's ends.
+        let (adopter_ends, pidfd) = if adopt {
+            (fifth.zip(sixth), seventh)
+        } else {
+            (None, fifth)
+        };
         let (Some(listener), Some(output), Some(status_r), Some(ready_r)) =
             (listener, output, status_r, ready_r)
         else {
@@ -830,12 +862,18 @@ impl Spawner {
                     .into(),
             ));
         };
+        if adopt && adopter_ends.is_none() {
+            return Err(SpawnError::Spawner(
+                "the sandbox's spawner process replied without the adopter's descriptors".into(),
+            ));
+        }
         Ok(Spawned {
             pid: parsed.pid,
             pidfd: if parsed.has_pidfd { pidfd } else { None },
             listener: TcpListener::from(listener),
             output: File::from(output),
             status_r: File::from(status_r),
+            adopter_ends,
             ready_r,
         })
     }
@@ -963,6 +1001,7 @@ mod tests {
             cwd: &cwd,
             join: &[&j0],
             join_if_not_cloned_into: Some(&fallback),
+            adopt: true,
         });
         let mut argv = Vec::with_capacity(8);
         let mut envp = Vec::with_capacity(8);
@@ -974,6 +1013,7 @@ mod tests {
         assert_eq!(decoded.cwd, cwd.as_c_str());
         assert_eq!(decoded.join.collect::<Vec<_>>(), [j0.as_c_str()]);
         assert_eq!(decoded.join_if_not_cloned_into, Some(fallback.as_c_str()));
+        assert!(decoded.adopt);
         assert_eq!((argv.len(), envp.len()), (3, 2));
         assert!(argv[2].is_null() && envp[1].is_null());
         // SAFETY: the pointers point into `encoded`, which is alive.

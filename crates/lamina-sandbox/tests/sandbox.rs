@@ -447,6 +447,91 @@ fn environments_start_after_the_server_grows_and_from_many_threads() {
     );
 }
 
+/// An environment started for adoption has its root, cgroups and init ready and runs
+/// nothing until a template forks into it (the Python runtime tests drive a real one);
+/// if its adopter goes away without adopting, waiting on it ends it instead of hanging.
+#[test]
+fn an_environment_for_adoption_ends_when_its_adopter_goes_away() {
+    require_root!();
+    let fx = Fixture::new();
+    let spec = fx.spec("echo never run");
+    let (started, adoption) = fx.sandbox().start_for_adoption(&spec).unwrap();
+    assert_eq!(adoption.cwd, "/var/task");
+    assert!(!adoption.seccomp_programs.is_empty());
+    assert!(
+        adoption
+            .seccomp_programs
+            .iter()
+            .all(|p| !p.is_empty() && p.len() % 8 == 0),
+        "struct sock_filter arrays"
+    );
+    assert!(
+        adoption
+            .env
+            .iter()
+            .any(|(k, v)| k == "AWS_LAMBDA_RUNTIME_API" && v == &started.runtime_api_address)
+    );
+    assert!(!adoption.cgroup_procs.is_empty());
+    for procs in &adoption.cgroup_procs {
+        assert!(
+            procs.ends_with("cgroup.procs") && procs.exists(),
+            "{}",
+            procs.display()
+        );
+    }
+    // Only the init is in the environment's cgroups until a process is adopted.
+    let memory_procs = Path::new("/sys/fs/cgroup/memory")
+        .join(&fx.cgroup_parent)
+        .join(&spec.environment_id)
+        .join("cgroup.procs");
+    if memory_procs.exists() {
+        assert_eq!(
+            std::fs::read_to_string(&memory_procs)
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
+    drop(adoption);
+    let t = Instant::now();
+    let exit = started.handle.wait().unwrap();
+    assert_eq!(exit.signal, Some(9));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    started.handle.destroy();
+    for dir in fx.cgroup_dirs(&spec.environment_id) {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn the_process_tier_says_it_cannot_adopt() {
+    let task = tempfile::tempdir().unwrap();
+    let sandbox = open_sandbox(
+        TierRequest::Process,
+        SandboxOptions {
+            state_dir: task.path().to_owned(),
+            cgroup_parent: "unused".into(),
+        },
+    )
+    .unwrap();
+    let spec = EnvironmentSpec {
+        environment_id: "proc-adopt".into(),
+        task_dir: task.path().to_owned(),
+        opt_dir: None,
+        runtime_mounts: vec![],
+        memory_mb: 128,
+        ephemeral_storage_mb: 512,
+        argv: vec!["/bin/true".into()],
+        env: vec![],
+        cwd: "/var/task".into(),
+    };
+    assert!(matches!(
+        sandbox.start_for_adoption(&spec),
+        Err(SandboxError::AdoptionUnsupported { .. })
+    ));
+}
+
 #[test]
 fn process_tier_runs_with_the_same_contract() {
     let task = tempfile::tempdir().unwrap();

@@ -107,6 +107,10 @@ struct ServeArgs {
     /// `--idle-timeout`.
     #[arg(long, env = "LAMINA_KEEP_ALIVE", default_value = "adaptive", value_parser = ["adaptive", "fixed"])]
     keep_alive: String,
+    /// `on` forks Python cold starts from a pre-initialised interpreter per runtime (its
+    /// zygote, linux sandbox tier only); `off` starts a fresh interpreter every time.
+    #[arg(long, env = "LAMINA_ZYGOTE", default_value = "on", value_parser = ["on", "off"])]
+    zygote: String,
     /// The account's concurrency limit: invocations running at once across all functions
     /// (AWS's default is 1,000; at least 100, or all of a smaller limit, stay unreserved).
     #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
@@ -316,6 +320,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         .unwrap_or_else(HostMemory::default_reserve_mb),
                 },
                 runtimes: runtimes.clone(),
+                zygotes: args.zygote == "on",
             },
             store.clone(),
             code.clone(),

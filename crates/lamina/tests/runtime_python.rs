@@ -751,3 +751,242 @@ async fn function_variables_replace_the_defaults_and_a_wrapper_script_runs_first
         );
     }
 }
+
+const ISOLATION_PROBE: &str = r#"import os
+import sys
+import time
+
+invocations = 0
+
+
+def handler(event, context):
+    global invocations
+    invocations += 1
+    action = event.get("action")
+    if action == "sleep":
+        time.sleep(event["seconds"])
+    if action == "alloc":
+        hoard = []
+        for _ in range(event["mb"]):
+            hoard.append(bytearray(1024 * 1024))
+    if action == "exit":
+        sys.exit(event["code"])
+    with open("/tmp/probe", "w") as f:
+        f.write("x" * 1000)
+    status = dict(
+        line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line
+    )
+    print("probe printed", flush=True)
+    return {
+        "invocations": invocations,
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "cap_eff": status["CapEff"].strip(),
+        "cap_bnd": status["CapBnd"].strip(),
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "seccomp": status["Seccomp"].strip(),
+        "cgroup": open("/proc/self/cgroup").read(),
+        "prefix": sys.prefix,
+        "executable": sys.executable,
+        "path0": sys.path[0],
+        "cwd": os.getcwd(),
+        "variable": os.environ.get("PROBE_VARIABLE"),
+        "function_name": context.function_name,
+        "memory": context.memory_limit_in_mb,
+        "hostname": os.uname().nodename,
+        "stdin": os.readlink("/proc/self/fd/0"),
+        "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    }
+"#;
+
+/// Python cold starts fork from the runtime's zygote once it is ready (`os.getppid()`
+/// is 0 there: the zygote's child that waits for the function is outside the
+/// environment's PID namespace, where the init is the parent of an exec'd runtime), and
+/// the forked process is isolated and limited exactly as an exec'd one.
+#[tokio::test]
+async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
+    let server = LaminaServer::start();
+    if !linux_tier(&server) {
+        eprintln!("!!!!! SKIPPED: the zygote needs the linux tier (root) !!!!!");
+        return;
+    }
+    let client = server.client();
+    let runtime = python();
+    create_managed_with(
+        &client,
+        "forked",
+        &runtime,
+        "probe.handler",
+        zip_of(&[("probe.py", ISOLATION_PROBE.as_bytes(), 0o644)]),
+        |b| {
+            b.memory_size(128).timeout(2).environment(
+                aws_sdk_lambda::types::Environment::builder()
+                    .variables("PROBE_VARIABLE", "from the function")
+                    .build(),
+            )
+        },
+    )
+    .await;
+    let first = invoke_tail(&client, "forked", json!({})).await;
+    assert_eq!(first.function_error, None, "{}", first.payload);
+    assert_eq!(
+        first.payload["ppid"], 1,
+        "the first cold start execs the interpreter"
+    );
+
+    // Each configuration update retires the environments: the next invoke is cold.
+    let mut forked = None;
+    for attempt in 0..50 {
+        client
+            .update_function_configuration()
+            .function_name("forked")
+            .description(format!("attempt {attempt}"))
+            .send()
+            .await
+            .unwrap();
+        let cold = invoke_tail(&client, "forked", json!({})).await;
+        assert_eq!(cold.function_error, None, "{}", cold.payload);
+        if cold.payload["ppid"] == 0 {
+            forked = Some(cold);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let forked = forked.expect("a cold start forked from the zygote within 50 attempts");
+    let probe = &forked.payload;
+    // Whatever an exec'd runtime sees, the forked one sees too.
+    for field in [
+        "pid",
+        "uid",
+        "gid",
+        "cap_eff",
+        "cap_bnd",
+        "no_new_privs",
+        "seccomp",
+        "cgroup",
+        "prefix",
+        "executable",
+        "path0",
+        "cwd",
+        "variable",
+        "function_name",
+        "memory",
+        "hostname",
+        "stdin",
+        "open_fds",
+    ] {
+        assert_eq!(
+            probe[field], first.payload[field],
+            "{field}: {probe} vs {}",
+            first.payload
+        );
+    }
+    assert_eq!(probe["pid"], 2, "{probe}");
+    assert_eq!(probe["uid"], 993);
+    assert_eq!(probe["cap_eff"], "0000000000000000");
+    assert_eq!(probe["cap_bnd"], "0000000000000000");
+    assert_eq!(probe["no_new_privs"], "1");
+    assert_eq!(probe["seccomp"], "2");
+    let cgroups = probe["cgroup"].as_str().unwrap();
+    assert!(
+        cgroups.lines().all(|l| l.ends_with(":/")),
+        "in the environment's cgroups, seen through its cgroup namespace: {cgroups}"
+    );
+    assert_eq!(probe["prefix"], "/var/lang");
+    assert_eq!(
+        probe["executable"],
+        format!("/var/lang/bin/python{}", version_of(&runtime))
+    );
+    assert_eq!(probe["variable"], "from the function");
+    assert_eq!(probe["memory"], "128");
+    // stdin, stdout, stderr, the Runtime API connection and listdir's own descriptor.
+    assert!(
+        probe["open_fds"].as_array().unwrap().len() <= 5,
+        "nothing of the zygote's leaks: {probe}"
+    );
+    assert!(forked.log.contains("probe printed"), "{}", forked.log);
+    assert!(forked.log.contains("Init Duration"), "{}", forked.log);
+    let warm = invoke_tail(&client, "forked", json!({})).await;
+    assert_eq!(
+        warm.payload["invocations"], 2,
+        "module state survives warm invokes"
+    );
+
+    // The limits hold: a timeout kills it, exceeding MemorySize is an OOM, an exit is
+    // reported with its status, and each time the next invoke starts afresh.
+    let timed_out = invoke_tail(&client, "forked", json!({"action": "sleep", "seconds": 5})).await;
+    assert_eq!(
+        timed_out.payload["errorType"], "Sandbox.Timedout",
+        "{}",
+        timed_out.payload
+    );
+    let after = invoke_tail(&client, "forked", json!({})).await;
+    assert_eq!(after.payload["invocations"], 1, "{}", after.payload);
+    let exited = invoke_tail(&client, "forked", json!({"action": "exit", "code": 3})).await;
+    assert_eq!(
+        exited.payload["errorType"], "Runtime.ExitError",
+        "{}",
+        exited.payload
+    );
+    assert!(
+        exited.payload["errorMessage"]
+            .as_str()
+            .unwrap()
+            .ends_with("Error: Runtime exited with error: exit status 3"),
+        "{}",
+        exited.payload
+    );
+    client
+        .update_function_configuration()
+        .function_name("forked")
+        .timeout(30)
+        .send()
+        .await
+        .unwrap();
+    let oom = invoke_tail(&client, "forked", json!({"action": "alloc", "mb": 400})).await;
+    assert_eq!(
+        oom.payload["errorType"], "Runtime.OutOfMemory",
+        "{}",
+        oom.payload
+    );
+    let after = invoke_tail(&client, "forked", json!({})).await;
+    assert_eq!(after.payload["invocations"], 1, "{}", after.payload);
+    assert_eq!(
+        after.payload["ppid"], 0,
+        "still forked from the zygote: {}",
+        after.payload
+    );
+}
+
+/// With `--zygote off` every cold start execs the interpreter.
+#[tokio::test]
+async fn zygote_off_execs_every_cold_start() {
+    let server = LaminaServer::start_with(&["--zygote", "off"]);
+    let client = server.client();
+    let runtime = python();
+    create_managed(
+        &client,
+        "plain",
+        &runtime,
+        "probe.handler",
+        zip_of(&[("probe.py", ISOLATION_PROBE.as_bytes(), 0o644)]),
+    )
+    .await;
+    for attempt in 0..3 {
+        client
+            .update_function_configuration()
+            .function_name("plain")
+            .description(format!("attempt {attempt}"))
+            .send()
+            .await
+            .unwrap();
+        let cold = invoke_tail(&client, "plain", json!({})).await;
+        assert_eq!(cold.function_error, None, "{}", cold.payload);
+        if linux_tier(&server) {
+            assert_eq!(cold.payload["ppid"], 1, "{}", cold.payload);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

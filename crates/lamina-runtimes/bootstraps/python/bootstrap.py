@@ -51,16 +51,11 @@ _UNHANDLED_WARNING = (
     "information, see https://docs.aws.amazon.com/lambda/latest/dg/runtimes-update.html\r"
 )
 
-_LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON"
-_raw_level = os.environ.get("AWS_LAMBDA_LOG_LEVEL")
-_LOG_LEVEL = {None: "", "TRACE": "DEBUG"}.get(_raw_level, _raw_level).upper()
-# AWS's runtimes for python3.12 and later write non-ASCII characters unescaped.
-_ENSURE_ASCII = os.environ.get("AWS_EXECUTION_ENV") not in (
-    "AWS_Lambda_python3.12",
-    "AWS_Lambda_python3.13",
-    "AWS_Lambda_python3.14",
-    "AWS_Lambda_python3.15",
-)
+# Read from the environment by _read_environment() when main() starts, not at import: a
+# zygote (zygote.py) imports this module once and forks it into many environments.
+_LOG_FORMAT_JSON = False
+_LOG_LEVEL = ""
+_ENSURE_ASCII = True
 
 # The invocation in progress, for the log handler's filter.
 _request_id = None
@@ -108,7 +103,7 @@ try:
     _scan = _json.make_scanner(_DecodeContext)
 except Exception:  # a Python whose accelerator differs: the json package decodes
     _scan = None
-_encode_string = _json.encode_basestring_ascii if _ENSURE_ASCII else _json.encode_basestring
+_encode_string = _json.encode_basestring_ascii
 _WHITESPACE = " \t\n\r"
 # Marks where an exact Decimal goes: the C encoder can only emit what it knows.
 _DECIMAL_MARK = "\x00lamina-decimal-%x-" % id(_DecodeContext)
@@ -808,8 +803,24 @@ def _handle(client, handler, headers, body):
         client.post_invocation_result(invoke_id, result, content_type)
 
 
+def _read_environment():
+    global _LOG_FORMAT_JSON, _LOG_LEVEL, _ENSURE_ASCII, _encode_string
+    _LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON"
+    raw_level = os.environ.get("AWS_LAMBDA_LOG_LEVEL")
+    _LOG_LEVEL = {None: "", "TRACE": "DEBUG"}.get(raw_level, raw_level).upper()
+    # AWS's runtimes for python3.12 and later write non-ASCII characters unescaped.
+    _ENSURE_ASCII = os.environ.get("AWS_EXECUTION_ENV") not in (
+        "AWS_Lambda_python3.12",
+        "AWS_Lambda_python3.13",
+        "AWS_Lambda_python3.14",
+        "AWS_Lambda_python3.15",
+    )
+    _encode_string = _json.encode_basestring_ascii if _ENSURE_ASCII else _json.encode_basestring
+
+
 def main():
     global _request_id, _tenant_id
+    _read_environment()
     sys.argv[0] = os.path.join(os.environ.get("LAMBDA_RUNTIME_DIR", "/var/runtime"), "bootstrap.py")
     _install_builtins()
     if "logging" in sys.modules:

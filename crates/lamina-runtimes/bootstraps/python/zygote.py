@@ -1,0 +1,335 @@
+"""Lamina's Python zygote: one pre-initialised interpreter per Python runtime that forks
+the main process of new environments, so a cold start skips the interpreter's start-up
+(the "zygote" of SOCK, USENIX ATC 2018).
+
+Lamina starts it as `/var/lang/bin/pythonX.Y -S -u /var/runtime/zygote.pyc` as root, in
+the host's PID and network namespaces but a private mount namespace in which the runtime
+is mounted where environments see it (`/var/lang`, `/var/runtime`), so that the paths
+the interpreter computed at start-up (sys.prefix, sys.path) are the environment's. It
+imports Lamina's bootstrap (bootstrap.pyc) and the few modules the fork needs, freezes
+its heap out of the garbage collector's sight, says `ready` on its socket (descriptor 3,
+SOCK_SEQPACKET) and then serves one request at a time. The server side of the protocol
+and the contract are documented with `lamina_sandbox::Template` and
+`lamina_sandbox::Adoption`:
+
+request: NUL-separated fields `namespaces, uid, gid, nofile, cap_last_cap, cwd,
+  count, cgroup.procs paths..., count, seccomp programs as hex..., count, NAME=value...`
+  with three descriptors: the environment init's pidfd, the output pipe's write end, the
+  status pipe's write end.
+reply: `ok <pid>` (the main process as the host sees it) once it is set up, or
+  `error <reason>`.
+
+For each request the zygote points its children's PID namespace at the environment's
+(setns through the init's pidfd; its own stays the host's) and forks the environment's
+main process, the first process of that namespace, then points it back. The child joins
+the environment's cgroups and its other namespaces, takes the steps the sandbox's own
+function process takes before execve (stdio, rlimits, capabilities, uid/gid,
+no_new_privs, seccomp), replaces its environment and runs the bootstrap's main(): module
+state is what a fresh `python -S -u bootstrap.pyc` would have, minus the start-up. The
+zygote stays its parent: when it exits, the zygote writes its wait status to the status
+pipe and kills the init, as the sandbox's init does for an exec'd process.
+
+Not shared with a fresh interpreter: the hash randomisation secret (every environment
+forked from one zygote has the zygote's), the parent process id (0: the zygote is outside
+the environment's PID namespace), and memory pages the zygote touched, which are shared
+copy-on-write and charged to the zygote, not to the environment.
+"""
+
+import gc
+import os
+import signal
+import sys
+
+import _socket
+import ctypes
+import resource
+
+import importlib.machinery
+import importlib.util
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+# The bootstrap as `python -S -u bootstrap.pyc` would run it, under the name "bootstrap"
+# so that its `if __name__ == "__main__"` does not start it here.
+_loader = importlib.machinery.SourcelessFileLoader(
+    "bootstrap", os.path.join(_RUNTIME_DIR, "bootstrap.pyc")
+)
+bootstrap = importlib.util.module_from_spec(importlib.util.spec_from_loader("bootstrap", _loader))
+sys.modules["bootstrap"] = bootstrap
+_loader.exec_module(bootstrap)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CAPABILITY_VERSION_3 = 0x20080522
+CLONE_NEWPID = 0x20000000
+_OWN_PID_NAMESPACE = -1
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _check(result, what):
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "%s: %s" % (what, os.strerror(errno)))
+
+
+def _parse(data):
+    fields = data.decode("utf-8", "surrogateescape").split("\0")
+    position = 0
+
+    def take():
+        nonlocal position
+        value = fields[position]
+        position += 1
+        return value
+
+    def take_list():
+        return [take() for _ in range(int(take()))]
+
+    request = {
+        "namespaces": int(take()),
+        "uid": int(take()),
+        "gid": int(take()),
+        "nofile": int(take()),
+        "cap_last_cap": int(take()),
+        "cwd": take(),
+        "cgroup_procs": take_list(),
+        "seccomp": [bytes.fromhex(program) for program in take_list()],
+        "env": take_list(),
+    }
+    return request
+
+
+def _become_function(request, init_pidfd, output, ready_w, cgroup_files):
+    """The environment's main process. Mirrors the sandbox's function_main."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for fd in cgroup_files:
+        os.write(fd, b"0")
+    # The PID namespace is already the environment's (the fork made it so).
+    _check(
+        _libc.setns(init_pidfd, request["namespaces"] & ~CLONE_NEWPID),
+        "setns into the environment",
+    )
+    os.setsid()
+    adjust = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+    os.write(adjust, b"0")
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    keep = ready_w  # opened after 0-2, so above them
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+    os.chdir(request["cwd"])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
+    prctl = _libc.prctl
+    _check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    for cap in range(request["cap_last_cap"] + 1):
+        _check(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping capability %d" % cap)
+    os.setgroups([])
+    os.setresgid(request["gid"], request["gid"], request["gid"])
+    os.setresuid(request["uid"], request["uid"], request["uid"])
+    header = _CapHeader(CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    _check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    for program in request["seccomp"]:
+        buffer = ctypes.create_string_buffer(program, len(program))
+        fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+        _check(
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+            "installing the seccomp filter",
+        )
+    environ = os.environ
+    environ.clear()
+    for entry in request["env"]:
+        name, _, value = entry.partition("=")
+        environ[name] = value
+    import time
+
+    time.tzset()
+    os.close(keep)
+
+
+def _run_function(request, init_pidfd, output, ready_w, cgroup_files):
+    """The forked child: becomes the function's process, or says why not and exits."""
+    try:
+        _become_function(request, init_pidfd, output, ready_w, cgroup_files)
+    except BaseException as e:
+        try:
+            os.write(ready_w, ("%s" % (e,)).encode("utf-8", "replace") or b"failed")
+        finally:
+            os._exit(127)
+    sys.modules["__main__"] = bootstrap
+    sys.argv = [os.path.join(_RUNTIME_DIR, "bootstrap.pyc")]
+    try:
+        bootstrap.main()
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            os._exit(0)
+        if isinstance(code, int):
+            os._exit(code & 0xFF)
+        sys.stderr.write("%s\n" % (code,))
+        os._exit(1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+# pid -> (status pipe write end, init pidfd) of every running function process.
+_children = {}
+
+
+def _reap(signum=None, frame=None):
+    """SIGCHLD: reports each exited function's wait status and ends its environment."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        relay = _children.pop(pid, None)
+        if relay is None:
+            continue
+        status, init_pidfd = relay
+        try:
+            os.write(status, wait_status.to_bytes(4, sys.byteorder, signed=True))
+        except OSError:
+            pass  # the server is gone
+        # The init ends the namespace (and anything the function left running) when it
+        # dies, as it does when its own main process exits.
+        try:
+            signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        os.close(status)
+        os.close(init_pidfd)
+
+
+def _restore_pid_namespace():
+    if _libc.setns(_OWN_PID_NAMESPACE, CLONE_NEWPID) < 0:
+        # Every later child would be born in that environment: stop; the server sees
+        # the zygote gone and starts environments the usual way.
+        os._exit(70)
+
+
+def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files):
+    """Forks the environment's main process; returns its pid, registered with _reap."""
+    # SIGCHLD waits until the child is registered, so that _reap knows it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        _check(_libc.setns(init_pidfd, CLONE_NEWPID), "setns into the PID namespace")
+        try:
+            child = os.fork()
+        except BaseException:
+            _restore_pid_namespace()
+            raise
+        if child == 0:
+            sock.detach()  # descriptor 3 is closed with the others
+            _run_function(request, init_pidfd, output, ready_w, cgroup_files)
+        _restore_pid_namespace()
+        _children[child] = (status, init_pidfd)
+        return child
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+
+
+def _serve_one(sock, data, fds):
+    init_pidfd, output, status = fds
+    cgroup_files = []
+    ready_r = ready_w = None
+    try:
+        request = _parse(data)
+        cgroup_files = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in request["cgroup_procs"]]
+        ready_r, ready_w = os.pipe()
+        child = _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files)
+    except BaseException:
+        for fd in (init_pidfd, status, ready_r):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in cgroup_files + [output, ready_w]:
+            if fd is not None:
+                os.close(fd)
+    # The child closes its end once it is set up, or writes why it failed and exits.
+    failure = b""
+    while True:
+        chunk = os.read(ready_r, 4096)
+        if not chunk:
+            break
+        failure += chunk
+    os.close(ready_r)
+    if failure:
+        return b"error " + failure
+    return b"ok %d" % child
+
+
+def main():
+    global _OWN_PID_NAMESPACE
+    _OWN_PID_NAMESPACE = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # Two descriptors per running function (its status pipe and its init's pidfd).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    signal.signal(signal.SIGCHLD, _reap)
+    # Everything the zygote has made so far is kept out of the collector's sight: a
+    # collection in a forked process would otherwise walk, and so copy, every page of the
+    # zygote's heap (as Instagram found; the reason gc.freeze exists).
+    gc.collect()
+    gc.freeze()
+    sock = _socket.socket(fileno=3)
+    fd_space = _socket.CMSG_SPACE(3 * 4)
+    sock.send(b"ready")
+    while True:
+        data, ancillary, _, _ = sock.recvmsg(256 * 1024, fd_space)
+        if not data:
+            return
+        fds = []
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(
+                    int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
+                )
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            sock.send(b"error expected 3 descriptors, got %d" % len(fds))
+            continue
+        try:
+            reply = _serve_one(sock, data, fds)
+        except Exception as e:
+            reply = ("error %s" % (e,)).encode("utf-8", "replace")
+        sock.send(reply)
+
+
+if __name__ == "__main__":
+    main()
