@@ -517,6 +517,7 @@ impl RuntimeCatalog {
                         ("TZ", ":UTC"),
                         ("LAMBDA_RUNTIME_DIR", RUNTIME_DIR),
                         ("LAMBDA_TASK_ROOT", "/var/task"),
+                        python::ZYGOTE_VARIABLE,
                     ]
                     .map(|(k, v)| (k.to_owned(), v.to_owned())),
                 )

@@ -52,15 +52,15 @@ pub(crate) fn launch(paths: &LaunchPaths) -> (Vec<String>, Vec<(String, String)>
     (argv, Vec::new())
 }
 
-/// The command line of the runtime's zygote (`bootstraps/python/zygote.py`).
+/// The command line of the runtime's zygote: the bootstrap's own, so that the processes it
+/// forks look as an exec'd one does; `_LAMINA_ZYGOTE=1` ([`ZYGOTE_VARIABLE`]) makes the
+/// bootstrap serve as the zygote (`bootstraps/python/zygote.py`).
 pub(crate) fn zygote_argv(paths: &LaunchPaths) -> Vec<String> {
-    vec![
-        paths.executable.clone(),
-        "-S".to_owned(),
-        "-u".to_owned(),
-        format!("{}/zygote.pyc", paths.runtime),
-    ]
+    launch(paths).0
 }
+
+/// The variable that makes the bootstrap a zygote.
+pub(crate) const ZYGOTE_VARIABLE: (&str, &str) = ("_LAMINA_ZYGOTE", "1");
 
 /// Whether a function's own variables leave a zygote's interpreter as a fresh start would
 /// make it: variables the interpreter or the dynamic loader read at start-up

@@ -753,6 +753,8 @@ async fn function_variables_replace_the_defaults_and_a_wrapper_script_runs_first
 }
 
 const ISOLATION_PROBE: &str = r#"import os
+import resource
+import signal
 import sys
 import time
 
@@ -798,6 +800,17 @@ def handler(event, context):
         "hostname": os.uname().nodename,
         "stdin": os.readlink("/proc/self/fd/0"),
         "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "cmdline": open("/proc/self/cmdline").read().split("\0"),
+        "main_module": sys.modules["__main__"].__name__,
+        "argv": sys.argv,
+        "umask": os.umask(0o022),
+        "sigmask": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "sigpipe": str(signal.getsignal(signal.SIGPIPE)),
+        "sigchld": str(signal.getsignal(signal.SIGCHLD)),
+        "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "session_leader": os.getsid(0) == os.getpid(),
+        "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
+        "environ_keys": sorted(os.environ),
     }
 "#;
 
@@ -876,6 +889,16 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
         "hostname",
         "stdin",
         "open_fds",
+        "cmdline",
+        "main_module",
+        "argv",
+        "umask",
+        "sigmask",
+        "sigpipe",
+        "sigchld",
+        "rlimit_nofile",
+        "session_leader",
+        "oom_score_adj",
     ] {
         assert_eq!(
             probe[field], first.payload[field],
@@ -901,6 +924,17 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
     );
     assert_eq!(probe["variable"], "from the function");
     assert_eq!(probe["memory"], "128");
+    assert_eq!(probe["main_module"], "__main__");
+    // The same variables, but for the per-environment ones that differ by design.
+    let keys = |payload: &Value| -> Vec<String> {
+        payload["environ_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(keys(probe), keys(&first.payload));
     // stdin, stdout, stderr, the Runtime API connection and listdir's own descriptor.
     assert!(
         probe["open_fds"].as_array().unwrap().len() <= 5,

@@ -859,4 +859,16 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get("_LAMINA_ZYGOTE") == "1":
+        # Lamina's zygote for this runtime (zygote.py): it forks environments' processes,
+        # each of which calls main() with the environment's variables.
+        import importlib.machinery
+        import importlib.util
+
+        _path = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "zygote.pyc")
+        _loader = importlib.machinery.SourcelessFileLoader("_lamina_zygote", _path)
+        _zygote = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.name, _loader))
+        _loader.exec_module(_zygote)
+        _zygote.serve(sys.modules[__name__])
+    else:
+        main()

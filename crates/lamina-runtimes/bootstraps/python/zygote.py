@@ -2,11 +2,14 @@
 the main process of new environments, so a cold start skips the interpreter's start-up
 (the "zygote" of SOCK, USENIX ATC 2018).
 
-Lamina starts it as `/var/lang/bin/pythonX.Y -S -u /var/runtime/zygote.pyc` as root, in
+Lamina starts it as the bootstrap is started, `/var/lang/bin/pythonX.Y -S -u
+/var/runtime/bootstrap.pyc`, with `_LAMINA_ZYGOTE=1`, which makes the bootstrap import
+this module (from zygote.pyc) and call serve() instead of its own main(): the forked
+processes then have the command line and the `__main__` module an exec'd one has. As root, in
 the host's PID and network namespaces but a private mount namespace in which the runtime
 is mounted where environments see it (`/var/lang`, `/var/runtime`), so that the paths
 the interpreter computed at start-up (sys.prefix, sys.path) are the environment's. It
-imports Lamina's bootstrap (bootstrap.pyc) and the few modules the fork needs, freezes
+imports the few modules the fork needs, freezes
 its heap out of the garbage collector's sight, says `ready` on its socket (descriptor 3,
 SOCK_SEQPACKET) and then serves one request at a time. The server side of the protocol
 and the contract are documented with `lamina_sandbox::Template` and
@@ -44,18 +47,9 @@ import _socket
 import ctypes
 import resource
 
-import importlib.machinery
-import importlib.util
-
-_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
-# The bootstrap as `python -S -u bootstrap.pyc` would run it, under the name "bootstrap"
-# so that its `if __name__ == "__main__"` does not start it here.
-_loader = importlib.machinery.SourcelessFileLoader(
-    "bootstrap", os.path.join(_RUNTIME_DIR, "bootstrap.pyc")
-)
-bootstrap = importlib.util.module_from_spec(importlib.util.spec_from_loader("bootstrap", _loader))
-sys.modules["bootstrap"] = bootstrap
-_loader.exec_module(bootstrap)
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(sys.argv[0]))
+# The bootstrap, which is the zygote's __main__ and imported this module (serve()).
+bootstrap = None
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -70,6 +64,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 CLONE_NEWPID = 0x20000000
 _OWN_PID_NAMESPACE = -1
+# Set by the interpreter's start-up if it coerced the locale: the server passes no LC_*.
+_COERCED_LC_CTYPE = os.environ.get("LC_CTYPE")
 
 
 class _CapHeader(ctypes.Structure):
@@ -168,6 +164,10 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files):
     for entry in request["env"]:
         name, _, value = entry.partition("=")
         environ[name] = value
+    # The interpreter's start-up coerced the C locale (PEP 538) for the zygote as it does
+    # for each exec'd one, which shows in the environment as LC_CTYPE.
+    if _COERCED_LC_CTYPE is not None and "LC_CTYPE" not in environ:
+        environ["LC_CTYPE"] = _COERCED_LC_CTYPE
     import time
 
     time.tzset()
@@ -183,8 +183,6 @@ def _run_function(request, init_pidfd, output, ready_w, cgroup_files):
             os.write(ready_w, ("%s" % (e,)).encode("utf-8", "replace") or b"failed")
         finally:
             os._exit(127)
-    sys.modules["__main__"] = bootstrap
-    sys.argv = [os.path.join(_RUNTIME_DIR, "bootstrap.pyc")]
     try:
         bootstrap.main()
     except SystemExit as e:
@@ -293,8 +291,10 @@ def _serve_one(sock, data, fds):
     return b"ok %d" % child
 
 
-def main():
-    global _OWN_PID_NAMESPACE
+def serve(main_module):
+    """Runs the zygote: called by the bootstrap, started with _LAMINA_ZYGOTE=1."""
+    global _OWN_PID_NAMESPACE, bootstrap
+    bootstrap = main_module
     _OWN_PID_NAMESPACE = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     # Two descriptors per running function (its status pipe and its init's pidfd).
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -330,6 +330,3 @@ def main():
             reply = ("error %s" % (e,)).encode("utf-8", "replace")
         sock.send(reply)
 
-
-if __name__ == "__main__":
-    main()
