@@ -57,6 +57,11 @@ pub struct ControlPlane {
     code: Arc<CodeStore>,
     code_limits: CodeLimits,
     concurrent_executions: u32,
+    /// How much of `concurrent_executions` must stay unreserved; `None`: AWS's rule.
+    minimum_unreserved: Option<u32>,
+    /// Held while the provisioned concurrency of a function is read and handed to the
+    /// engine, so the engine gets the states in the order they were stored.
+    provisioned_apply: std::sync::Mutex<()>,
     /// Told whenever a function's code or configuration changes or it is deleted, so
     /// that nothing keeps running an outdated version (the invoker's warm pool).
     change_listener: Option<Arc<dyn FunctionChangeListener>>,
@@ -277,6 +282,8 @@ impl ControlPlane {
             code,
             code_limits: CodeLimits::LAMBDA,
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
+            minimum_unreserved: None,
+            provisioned_apply: std::sync::Mutex::new(()),
             change_listener: None,
             code_gc: RwLock::new(()),
             runtimes: Arc::new(RuntimeCatalog::own_bootstraps_only()),
@@ -306,6 +313,24 @@ impl ControlPlane {
     pub fn with_concurrency_limit(mut self, limit: u32) -> Self {
         self.concurrent_executions = limit;
         self
+    }
+
+    /// How much of the concurrency limit must stay unreserved (what `lamina serve
+    /// --minimum-unreserved-concurrency` set); by default AWS's 100, or all of a smaller
+    /// limit.
+    pub fn with_minimum_unreserved(mut self, minimum: u32) -> Self {
+        self.minimum_unreserved = Some(minimum);
+        self
+    }
+
+    /// How much of the concurrency limit reservations and provisioned concurrency must
+    /// leave to functions without a reservation (never more than the limit).
+    fn minimum_unreserved(&self) -> u32 {
+        self.minimum_unreserved
+            .unwrap_or_else(|| {
+                lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions)
+            })
+            .min(self.concurrent_executions)
     }
 
     pub fn with_change_listener(mut self, listener: Arc<dyn FunctionChangeListener>) -> Self {
@@ -796,8 +821,11 @@ impl ControlPlane {
         match self.store.delete_version(&function.name, version) {
             Ok(VersionDeletion::Deleted) => {
                 tracing::info!(function = %function.name, %version, "version deleted");
-                self.store.delete_provisioned(&function.name, version)?;
+                let had_provisioned = self.store.delete_provisioned(&function.name, version)?;
                 self.version_changed(&function.name, version);
+                if had_provisioned {
+                    self.apply_provisioned(&function.name)?;
+                }
                 self.collect_unused_code();
                 Ok(())
             }
@@ -1677,11 +1705,18 @@ impl ControlPlane {
                 provisioned,
             });
         }
+        // The provisioned concurrency of other functions without a reservation is taken
+        // out of the account limit too: what reservations may share is what is left.
+        let provisioned_elsewhere = self.unreserved_provisioned(Some(&name))?;
+        let limit_for_reservations = u64::from(self.concurrent_executions)
+            .saturating_sub(provisioned_elsewhere)
+            .try_into()
+            .unwrap_or(u32::MAX);
         if !self.store.set_reserved_concurrency(
             &name,
             Some(reserved),
-            self.concurrent_executions,
-            lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions),
+            limit_for_reservations,
+            self.minimum_unreserved(),
         )? {
             return Err(self.not_found(function));
         }
