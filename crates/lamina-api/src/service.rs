@@ -59,9 +59,10 @@ pub struct ControlPlane {
     concurrent_executions: u32,
     /// How much of `concurrent_executions` must stay unreserved; `None`: AWS's rule.
     minimum_unreserved: Option<u32>,
-    /// Held while the provisioned concurrency of a function is read and handed to the
-    /// engine, so the engine gets the states in the order they were stored.
-    provisioned_apply: std::sync::Mutex<()>,
+    /// Held while a function's concurrency settings are stored and handed to the engine
+    /// (a reservation, a deletion) or read and handed to it (provisioned concurrency), so
+    /// the engine gets them in the order they were stored, however quickly they change.
+    concurrency_changes: std::sync::Mutex<()>,
     /// Told whenever a function's code or configuration changes or it is deleted, so
     /// that nothing keeps running an outdated version (the invoker's warm pool).
     change_listener: Option<Arc<dyn FunctionChangeListener>>,
@@ -283,7 +284,7 @@ impl ControlPlane {
             code_limits: CodeLimits::LAMBDA,
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
             minimum_unreserved: None,
-            provisioned_apply: std::sync::Mutex::new(()),
+            concurrency_changes: std::sync::Mutex::new(()),
             change_listener: None,
             code_gc: RwLock::new(()),
             runtimes: Arc::new(RuntimeCatalog::own_bootstraps_only()),
@@ -331,6 +332,13 @@ impl ControlPlane {
                 lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions)
             })
             .min(self.concurrent_executions)
+    }
+
+    /// Serialises changes of concurrency settings with handing them to the engine.
+    fn concurrency_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.concurrency_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn with_change_listener(mut self, listener: Arc<dyn FunctionChangeListener>) -> Self {
@@ -803,13 +811,16 @@ impl ControlPlane {
                 return self.delete_version(function, version);
             }
         }
-        if !self.store.delete_function(&function.name)? {
-            return Err(self.not_found(function));
-        }
-        tracing::info!(function = %function.name, "function deleted");
-        self.function_deleted(&function.name);
-        if let Some(listener) = &self.change_listener {
-            listener.reservation_changed(&function.name, None);
+        {
+            let _in_order = self.concurrency_changes();
+            if !self.store.delete_function(&function.name)? {
+                return Err(self.not_found(function));
+            }
+            tracing::info!(function = %function.name, "function deleted");
+            self.function_deleted(&function.name);
+            if let Some(listener) = &self.change_listener {
+                listener.reservation_changed(&function.name, None);
+            }
         }
         self.collect_unused_code();
         Ok(())
@@ -1707,6 +1718,7 @@ impl ControlPlane {
         }
         // The provisioned concurrency of other functions without a reservation is taken
         // out of the account limit too: what reservations may share is what is left.
+        let _in_order = self.concurrency_changes();
         let provisioned_elsewhere = self.unreserved_provisioned(Some(&name))?;
         let limit_for_reservations = u64::from(self.concurrent_executions)
             .saturating_sub(provisioned_elsewhere)
@@ -1744,6 +1756,7 @@ impl ControlPlane {
 
     pub fn delete_function_concurrency(&self, function: &FunctionRef) -> Result<(), ApiError> {
         let name = self.function_for_concurrency(function)?;
+        let _in_order = self.concurrency_changes();
         if !self.store.set_reserved_concurrency(&name, None, 0, 0)? {
             return Err(self.not_found(function));
         }

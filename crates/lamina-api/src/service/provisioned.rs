@@ -356,10 +356,7 @@ impl ControlPlane {
         let Some(listener) = &self.change_listener else {
             return Ok(());
         };
-        let _in_order = self
-            .provisioned_apply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _in_order = self.concurrency_changes();
         let mut targets = std::collections::BTreeMap::<String, u32>::new();
         for config in self.store.provisioned(Some(function_name))? {
             // A configuration whose alias or version is gone provisions nothing.
