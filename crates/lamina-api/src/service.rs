@@ -57,6 +57,12 @@ pub struct ControlPlane {
     code: Arc<CodeStore>,
     code_limits: CodeLimits,
     concurrent_executions: u32,
+    /// How much of `concurrent_executions` must stay unreserved; `None`: AWS's rule.
+    minimum_unreserved: Option<u32>,
+    /// Held while a function's concurrency settings are stored and handed to the engine
+    /// (a reservation, a deletion) or read and handed to it (provisioned concurrency), so
+    /// the engine gets them in the order they were stored, however quickly they change.
+    concurrency_changes: std::sync::Mutex<()>,
     /// Told whenever a function's code or configuration changes or it is deleted, so
     /// that nothing keeps running an outdated version (the invoker's warm pool).
     change_listener: Option<Arc<dyn FunctionChangeListener>>,
@@ -277,6 +283,8 @@ impl ControlPlane {
             code,
             code_limits: CodeLimits::LAMBDA,
             concurrent_executions: DEFAULT_CONCURRENT_EXECUTIONS,
+            minimum_unreserved: None,
+            concurrency_changes: std::sync::Mutex::new(()),
             change_listener: None,
             code_gc: RwLock::new(()),
             runtimes: Arc::new(RuntimeCatalog::own_bootstraps_only()),
@@ -306,6 +314,31 @@ impl ControlPlane {
     pub fn with_concurrency_limit(mut self, limit: u32) -> Self {
         self.concurrent_executions = limit;
         self
+    }
+
+    /// How much of the concurrency limit must stay unreserved (what `lamina serve
+    /// --minimum-unreserved-concurrency` set); by default AWS's 100, or all of a smaller
+    /// limit.
+    pub fn with_minimum_unreserved(mut self, minimum: u32) -> Self {
+        self.minimum_unreserved = Some(minimum);
+        self
+    }
+
+    /// How much of the concurrency limit reservations and provisioned concurrency must
+    /// leave to functions without a reservation (never more than the limit).
+    fn minimum_unreserved(&self) -> u32 {
+        self.minimum_unreserved
+            .unwrap_or_else(|| {
+                lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions)
+            })
+            .min(self.concurrent_executions)
+    }
+
+    /// Serialises changes of concurrency settings with handing them to the engine.
+    fn concurrency_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.concurrency_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn with_change_listener(mut self, listener: Arc<dyn FunctionChangeListener>) -> Self {
@@ -778,13 +811,16 @@ impl ControlPlane {
                 return self.delete_version(function, version);
             }
         }
-        if !self.store.delete_function(&function.name)? {
-            return Err(self.not_found(function));
-        }
-        tracing::info!(function = %function.name, "function deleted");
-        self.function_deleted(&function.name);
-        if let Some(listener) = &self.change_listener {
-            listener.reservation_changed(&function.name, None);
+        {
+            let _in_order = self.concurrency_changes();
+            if !self.store.delete_function(&function.name)? {
+                return Err(self.not_found(function));
+            }
+            tracing::info!(function = %function.name, "function deleted");
+            self.function_deleted(&function.name);
+            if let Some(listener) = &self.change_listener {
+                listener.reservation_changed(&function.name, None);
+            }
         }
         self.collect_unused_code();
         Ok(())
@@ -796,8 +832,11 @@ impl ControlPlane {
         match self.store.delete_version(&function.name, version) {
             Ok(VersionDeletion::Deleted) => {
                 tracing::info!(function = %function.name, %version, "version deleted");
-                self.store.delete_provisioned(&function.name, version)?;
+                let had_provisioned = self.store.delete_provisioned(&function.name, version)?;
                 self.version_changed(&function.name, version);
+                if had_provisioned {
+                    self.apply_provisioned(&function.name)?;
+                }
                 self.collect_unused_code();
                 Ok(())
             }
@@ -1677,11 +1716,19 @@ impl ControlPlane {
                 provisioned,
             });
         }
+        // The provisioned concurrency of other functions without a reservation is taken
+        // out of the account limit too: what reservations may share is what is left.
+        let _in_order = self.concurrency_changes();
+        let provisioned_elsewhere = self.unreserved_provisioned(Some(&name))?;
+        let limit_for_reservations = u64::from(self.concurrent_executions)
+            .saturating_sub(provisioned_elsewhere)
+            .try_into()
+            .unwrap_or(u32::MAX);
         if !self.store.set_reserved_concurrency(
             &name,
             Some(reserved),
-            self.concurrent_executions,
-            lamina_engine::ConcurrencyGovernor::minimum_unreserved(self.concurrent_executions),
+            limit_for_reservations,
+            self.minimum_unreserved(),
         )? {
             return Err(self.not_found(function));
         }
@@ -1709,6 +1756,7 @@ impl ControlPlane {
 
     pub fn delete_function_concurrency(&self, function: &FunctionRef) -> Result<(), ApiError> {
         let name = self.function_for_concurrency(function)?;
+        let _in_order = self.concurrency_changes();
         if !self.store.set_reserved_concurrency(&name, None, 0, 0)? {
             return Err(self.not_found(function));
         }

@@ -198,6 +198,9 @@ pub struct Engine {
     zygotes: Arc<zygotes::Zygotes>,
     environments_started: AtomicU64,
     concurrency: ConcurrencyGovernor,
+    /// Provisioned concurrency wanted now: function → version → environments. The
+    /// background tasks that start and stop environments apply what is here when they run.
+    provisioned: Mutex<HashMap<String, std::collections::BTreeMap<String, u32>>>,
     /// For the background work methods on `&self` start (replacing provisioned
     /// environments).
     myself: std::sync::Weak<Engine>,
@@ -310,6 +313,7 @@ impl Engine {
             zygotes,
             environments_started: AtomicU64::new(0),
             concurrency,
+            provisioned: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -348,10 +352,62 @@ impl Engine {
         });
     }
 
-    /// Sets how many environments of `version` are kept initialised ahead of invokes
-    /// (provisioned concurrency); 0 removes them. Starting them happens in the
-    /// background; [`Engine::provisioned_allocated`] tells how many are ready.
-    pub fn set_provisioned(&self, function_name: &str, version: &str, count: u32) {
+    /// Sets the provisioned concurrency of every version of a function at once: the
+    /// versions in `targets` get their counts, any other version of the function that had
+    /// provisioned environments gets none. The concurrency set aside changes at once;
+    /// environments are started or destroyed in the background.
+    ///
+    /// Calls take effect in the order they are made: each records the function's desired
+    /// state, and the background work applies whatever is desired when it runs, so an
+    /// older call's task finishing last cannot undo a newer one.
+    pub fn set_provisioned_targets(
+        &self,
+        function_name: &str,
+        targets: &std::collections::BTreeMap<String, u32>,
+    ) {
+        let previous = {
+            let mut desired = self.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = if targets.values().all(|count| *count == 0) {
+                desired.remove(function_name)
+            } else {
+                desired.insert(function_name.to_owned(), targets.clone())
+            };
+            self.concurrency.set_provisioned(function_name, targets);
+            previous.unwrap_or_default()
+        };
+        let mut versions: std::collections::BTreeSet<String> = previous.into_keys().collect();
+        versions.extend(targets.keys().cloned());
+        versions.extend(
+            self.slots
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|((name, _), slot)| {
+                    name == function_name && slot.provisioned_target.load(Ordering::SeqCst) > 0
+                })
+                .map(|((_, version), _)| version.clone()),
+        );
+        for version in versions {
+            self.apply_provisioned(function_name, &version);
+        }
+    }
+
+    /// How many environments of `version` are desired now.
+    fn desired_provisioned(
+        desired: &HashMap<String, std::collections::BTreeMap<String, u32>>,
+        function_name: &str,
+        version: &str,
+    ) -> u32 {
+        desired
+            .get(function_name)
+            .and_then(|targets| targets.get(version))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Brings `version`'s provisioned environments to the desired count, in the
+    /// background: destroys idle surplus ones and starts missing ones.
+    fn apply_provisioned(&self, function_name: &str, version: &str) {
         let Some(engine) = self.myself.upgrade() else {
             return;
         };
@@ -364,16 +420,24 @@ impl Engine {
                     return;
                 }
             };
-            slot.provisioned_target.store(count, Ordering::SeqCst);
-            // Idle provisioned environments beyond the new target go now; busy ones when
+            {
+                // Read and stored under the lock that records desired states, so the
+                // last task to get here stores the latest one.
+                let desired = engine.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+                let count = Self::desired_provisioned(&desired, &name, &version);
+                slot.provisioned_target.store(count, Ordering::SeqCst);
+            }
+            // Idle provisioned environments beyond the target go now; busy ones when
             // they finish.
             let surplus: Vec<Arc<Environment>> = {
                 let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let target = slot.provisioned_target.load(Ordering::SeqCst) as usize;
                 let mut surplus = Vec::new();
                 let mut ready = slot.provisioned_ready.load(Ordering::SeqCst) as usize;
                 idle.retain(|env| {
-                    if env.is_provisioned() && ready > count as usize {
+                    if env.is_provisioned() && ready > target {
                         ready -= 1;
+                        env.uncount_provisioned();
                         surplus.push(env.clone());
                         false
                     } else {
@@ -387,34 +451,6 @@ impl Engine {
             }
             engine.refill_provisioned(slot);
         });
-    }
-
-    /// Sets the provisioned concurrency of every version of a function at once: the
-    /// versions in `targets` get their counts, any other version of the function that had
-    /// provisioned environments gets none.
-    pub fn set_provisioned_targets(
-        &self,
-        function_name: &str,
-        targets: &std::collections::BTreeMap<String, u32>,
-    ) {
-        let stale: Vec<String> = self
-            .slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((name, version), slot)| {
-                name == function_name
-                    && !targets.contains_key(version)
-                    && slot.provisioned_target.load(Ordering::SeqCst) > 0
-            })
-            .map(|((_, version), _)| version.clone())
-            .collect();
-        for version in stale {
-            self.set_provisioned(function_name, &version, 0);
-        }
-        for (version, count) in targets {
-            self.set_provisioned(function_name, version, *count);
-        }
     }
 
     /// Provisioned environments of `version` initialised and alive now.
@@ -604,6 +640,12 @@ impl Engine {
             let mut aliases = self.aliases.write().unwrap_or_else(|p| p.into_inner());
             self.generation.fetch_add(1, Ordering::SeqCst);
             aliases.retain(|(name, _), _| name != function_name);
+        }
+        {
+            let mut desired = self.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+            desired.remove(function_name);
+            self.concurrency
+                .set_provisioned(function_name, &std::collections::BTreeMap::new());
         }
         self.retire(|name, _| name == function_name);
     }
@@ -864,7 +906,7 @@ impl Engine {
         // Held until the invocation has answered and its environment is back in the pool.
         let _permit = self
             .concurrency
-            .acquire(&request.function_name)
+            .acquire(&request.function_name, &version_name)
             .map_err(|reason| EngineError::Throttled { reason })?;
         let version = slot.version.clone();
         let request_id = request_id.unwrap_or_else(|| random_uuid().to_string());

@@ -116,6 +116,12 @@ struct ServeArgs {
     #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     concurrency_limit: u32,
+    /// How much of the concurrency limit must stay unreserved: reservations and the
+    /// provisioned concurrency of functions without one share the rest. Default: AWS's
+    /// 100, or all of a smaller limit (so a limit of 100 or less allows neither); lower it
+    /// to use them on a small server.
+    #[arg(long, env = "LAMINA_MINIMUM_UNRESERVED_CONCURRENCY")]
+    minimum_unreserved_concurrency: Option<u32>,
     /// Memory (MB) kept free on the host: a cold start that would leave less is preceded
     /// by reclaiming idle environments, and throttled if that is not enough. Default: 5%
     /// of the host's memory, at least 256 MB.
@@ -341,9 +347,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(ConfigStore::open(&queue_path).with_context(|| {
                 format!("cannot open the event queue {}", queue_path.display())
             })?);
+        let mut control_plane = ControlPlane::new(account, store.clone(), code)
+            .with_concurrency_limit(args.concurrency_limit);
+        if let Some(minimum) = args.minimum_unreserved_concurrency {
+            control_plane = control_plane.with_minimum_unreserved(minimum);
+        }
         let control_plane = Arc::new(
-            ControlPlane::new(account, store.clone(), code)
-                .with_concurrency_limit(args.concurrency_limit)
+            control_plane
                 .with_runtimes(runtimes.clone())
                 .with_change_listener(Arc::new(ForgetDeletedConfigs {
                     inner: engine.clone(),

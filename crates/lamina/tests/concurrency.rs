@@ -1,5 +1,6 @@
 //! Lambda's concurrency model through `aws-sdk-lambda`: reserved concurrency as a ceiling
-//! and a guarantee, the account limit shared by every function, and AWS's throttle shape.
+//! and a guarantee, the account limit shared by every function, provisioned concurrency
+//! (weighted aliases, its set-aside, quick changes), and AWS's throttle shape.
 
 mod support;
 
@@ -574,4 +575,334 @@ async fn wait_until_ready(client: &aws_sdk_lambda::Client, name: &str, qualifier
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("{name}:{qualifier} never became READY");
+}
+
+/// Publishes the function's current `$LATEST` as a new version (changing its description
+/// first, so every call publishes).
+async fn publish(client: &aws_sdk_lambda::Client, name: &str, description: &str) -> String {
+    client
+        .update_function_configuration()
+        .function_name(name)
+        .description(description)
+        .send()
+        .await
+        .unwrap();
+    client
+        .publish_version()
+        .function_name(name)
+        .send()
+        .await
+        .unwrap()
+        .version()
+        .unwrap()
+        .to_owned()
+}
+
+async fn put_provisioned(
+    client: &aws_sdk_lambda::Client,
+    name: &str,
+    qualifier: &str,
+    count: i32,
+) -> aws_sdk_lambda::operation::put_provisioned_concurrency_config::PutProvisionedConcurrencyConfigOutput
+{
+    client
+        .put_provisioned_concurrency_config()
+        .function_name(name)
+        .qualifier(qualifier)
+        .provisioned_concurrent_executions(count)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits for READY and returns the allocated count.
+async fn allocated_when_ready(client: &aws_sdk_lambda::Client, name: &str, qualifier: &str) -> i32 {
+    wait_until_ready(client, name, qualifier).await;
+    client
+        .get_provisioned_concurrency_config()
+        .function_name(name)
+        .qualifier(qualifier)
+        .send()
+        .await
+        .unwrap()
+        .allocated_provisioned_concurrent_executions()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_alias_provisions_both_versions_by_weight() {
+    use aws_sdk_lambda::types::{AliasRoutingConfiguration, ProvisionedConcurrencyStatusEnum};
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "canary").await;
+    assert_eq!(publish(&client, "canary", "v1").await, "1");
+    assert_eq!(publish(&client, "canary", "v2").await, "2");
+    client
+        .create_alias()
+        .function_name("canary")
+        .name("live")
+        .function_version("1")
+        .routing_config(
+            AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 0.5)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let put = put_provisioned(&client, "canary", "live", 2).await;
+    assert_eq!(
+        put.status(),
+        Some(&ProvisionedConcurrencyStatusEnum::InProgress)
+    );
+    // READY only once both versions have their share: one environment each.
+    assert_eq!(allocated_when_ready(&client, "canary", "live").await, 2);
+    for version in ["canary:1", "canary:2"] {
+        assert!(
+            !invoke_was_cold(&client, version).await,
+            "{version} has a provisioned environment"
+        );
+    }
+    // Either version of the alias is taken by its configuration.
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("canary")
+        .qualifier("2")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "ResourceConflictException".to_owned(),
+            409,
+            "Version is pointed by a Provisioned Concurrency alias".to_owned()
+        )
+    );
+
+    // The split follows the weights: with the routing removed, both go to version 1 and
+    // version 2's environment is gone.
+    client
+        .update_alias()
+        .function_name("canary")
+        .name("live")
+        .routing_config(AliasRoutingConfiguration::builder().build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allocated_when_ready(&client, "canary", "live").await, 2);
+    let mut gone = false;
+    for _ in 0..50 {
+        if invoke_was_cold(&client, "canary:2").await {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "version 2 lost its provisioned environment");
+    // Version 1 now has two: two overlapping invokes both run warm.
+    let pair: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { sleep_was_cold(&client, "canary:1", 800).await })
+        })
+        .collect();
+    for invocation in pair {
+        assert!(
+            !invocation.await.unwrap(),
+            "served by a provisioned environment"
+        );
+    }
+
+    // Weighted again: 0.25 of 4 gives version 2 one environment, version 1 three.
+    client
+        .update_alias()
+        .function_name("canary")
+        .name("live")
+        .routing_config(
+            AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 0.25)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    put_provisioned(&client, "canary", "live", 4).await;
+    // READY needs version 1's three and version 2's one.
+    assert_eq!(allocated_when_ready(&client, "canary", "live").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provisioned_concurrency_is_set_aside_from_other_functions() {
+    // A small account whose minimum unreserved share is lowered so it can be filled here.
+    let server = LaminaServer::start_with(&[
+        "--concurrency-limit",
+        "3",
+        "--minimum-unreserved-concurrency",
+        "1",
+    ]);
+    let client = server.client();
+    deploy(&client, "steady").await;
+    deploy(&client, "noisy").await;
+    assert_eq!(publish(&client, "steady", "v1").await, "1");
+    put_provisioned(&client, "steady", "1", 1).await;
+    // Counted against the account like a reservation.
+    let settings = client.get_account_settings().send().await.unwrap();
+    assert_eq!(
+        settings
+            .account_limit()
+            .unwrap()
+            .unreserved_concurrent_executions(),
+        Some(2)
+    );
+    assert_eq!(allocated_when_ready(&client, "steady", "1").await, 1);
+    // What a reservation may take is what provisioned concurrency left.
+    let error = client
+        .put_function_concurrency()
+        .function_name("noisy")
+        .reserved_concurrent_executions(2)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error).2,
+        "Specified ReservedConcurrentExecutions for function decreases account's \
+         UnreservedConcurrentExecution below its minimum value of [1]."
+    );
+
+    // The other function fills the unreserved pool...
+    invoke_sleeping(&client, "noisy", 0).await.unwrap();
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { invoke_sleeping(&client, "noisy", 2000).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (reason, _) = invoke_sleeping(&client, "noisy", 0).await.unwrap_err();
+    assert_eq!(reason, ThrottleReason::ConcurrentInvocationLimitExceeded);
+    // ...but cannot take the provisioned version's concurrency. Its $LATEST has none set
+    // aside and is throttled like any other on-demand invoke.
+    assert!(!invoke_was_cold(&client, "steady:1").await);
+    let (reason, _) = invoke_sleeping(&client, "steady", 0).await.unwrap_err();
+    assert_eq!(reason, ThrottleReason::ConcurrentInvocationLimitExceeded);
+    for invocation in running {
+        invocation.await.unwrap().expect("the long invocations ran");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_provisioned_changes_end_at_the_last_one() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "quick").await;
+    assert_eq!(publish(&client, "quick", "v1").await, "1");
+    for counts in [[1, 3], [2, 1], [1, 2]] {
+        for count in counts {
+            put_provisioned(&client, "quick", "1", count).await;
+        }
+        let last = counts[1];
+        let got = client
+            .get_provisioned_concurrency_config()
+            .function_name("quick")
+            .qualifier("1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            got.requested_provisioned_concurrent_executions(),
+            Some(last)
+        );
+        assert_eq!(allocated_when_ready(&client, "quick", "1").await, last);
+    }
+    // The surplus environments are gone, not only left uncounted: with 2 wanted, a third
+    // overlapping invoke starts cold.
+    let invokes: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { sleep_was_cold(&client, "quick:1", 1000).await })
+        })
+        .collect();
+    let mut cold = 0;
+    for invoke in invokes {
+        cold += usize::from(invoke.await.unwrap());
+    }
+    assert_eq!(cold, 1, "two provisioned environments, no more");
+}
+
+/// Whether an invocation that sleeps `ms` started a new environment.
+async fn sleep_was_cold(client: &aws_sdk_lambda::Client, name: &str, ms: u64) -> bool {
+    use base64::Engine as _;
+    let event = json!({"action": "sleep", "ms": ms});
+    let output = client
+        .invoke()
+        .function_name(name)
+        .payload(Blob::new(serde_json::to_vec(&event).unwrap()))
+        .log_type(aws_sdk_lambda::types::LogType::Tail)
+        .send()
+        .await
+        .expect("invoke succeeds");
+    assert_eq!(output.function_error(), None);
+    let log = base64::engine::general_purpose::STANDARD
+        .decode(output.log_result().expect("a log tail"))
+        .unwrap();
+    String::from_utf8(log).unwrap().contains("Init Duration")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lowered_reservation_does_not_overshoot_the_account_while_it_drains() {
+    let server = LaminaServer::start_with(&[
+        "--concurrency-limit",
+        "3",
+        "--minimum-unreserved-concurrency",
+        "1",
+    ]);
+    let client = server.client();
+    deploy(&client, "big").await;
+    deploy(&client, "other").await;
+    invoke_sleeping(&client, "other", 0).await.unwrap();
+    client
+        .put_function_concurrency()
+        .function_name("big")
+        .reserved_concurrent_executions(2)
+        .send()
+        .await
+        .unwrap();
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { invoke_sleeping(&client, "big", 2500).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Lowered while both run: the unreserved pool grows to 2 at once, but only one slot
+    // of the account is free until they finish.
+    client
+        .put_function_concurrency()
+        .function_name("big")
+        .reserved_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap();
+    let one = tokio::spawn({
+        let client = client.clone();
+        async move { invoke_sleeping(&client, "other", 1500).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (reason, _) = invoke_sleeping(&client, "other", 0).await.unwrap_err();
+    assert_eq!(reason, ThrottleReason::ConcurrentInvocationLimitExceeded);
+    let (reason, _) = invoke_sleeping(&client, "big", 0).await.unwrap_err();
+    assert_eq!(
+        reason,
+        ThrottleReason::ReservedFunctionConcurrentInvocationLimitExceeded
+    );
+    one.await.unwrap().expect("one invocation fit");
+    for invocation in running {
+        invocation.await.unwrap().expect("the long invocations ran");
+    }
+    // Drained: the new sizes hold.
+    invoke_sleeping(&client, "other", 0).await.unwrap();
+    invoke_sleeping(&client, "big", 0).await.unwrap();
 }

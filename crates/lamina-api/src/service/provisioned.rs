@@ -60,12 +60,18 @@ impl ControlPlane {
         config: &ProvisionedConfig,
         with_arn: bool,
     ) -> Result<ProvisionedConcurrencyConfig, ApiError> {
-        let function = FunctionRef::named(&config.function_name, Some(&config.qualifier));
-        let allocated = match self.find_version(&function) {
-            Ok(version) => self.change_listener.as_ref().map_or(0, |listener| {
-                listener.provisioned_allocated(&config.function_name, &version.version)
-            }),
-            Err(_) => 0,
+        // Each version's share, counted up to that share: a weighted alias is allocated
+        // when both of its versions are.
+        let allocated = match (&self.change_listener, self.provisioned_shares(config)) {
+            (Some(listener), Ok(shares)) => shares
+                .iter()
+                .map(|(version, share)| {
+                    listener
+                        .provisioned_allocated(&config.function_name, version)
+                        .min(*share)
+                })
+                .sum::<u32>(),
+            _ => 0,
         }
         .min(config.requested);
         Ok(ProvisionedConcurrencyConfig {
@@ -85,23 +91,82 @@ impl ControlPlane {
         })
     }
 
-    /// AWS refuses a configuration on an alias whose version has its own, and on a
-    /// version that an alias with a configuration points at.
-    fn check_no_overlap(
+    /// The published versions a qualifier resolves to now, with the share of
+    /// invocations each receives: a version itself, an alias's version, or both versions
+    /// of a weighted alias.
+    fn routed_versions(
         &self,
-        function: &FunctionRef,
+        function_name: &str,
         qualifier: &str,
-        version: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<(String, f64)>, ApiError> {
+        let function = FunctionRef::named(function_name, Some(qualifier));
+        Ok(match function.qualifier_kind() {
+            Qualifier::Alias(alias) => {
+                let alias = self
+                    .store
+                    .get_alias(function_name, alias)?
+                    .ok_or_else(|| self.not_found(&function))?;
+                match alias.additional {
+                    Some(additional) => vec![
+                        (alias.function_version, 1.0 - additional.weight),
+                        (additional.version, additional.weight),
+                    ],
+                    None => vec![(alias.function_version, 1.0)],
+                }
+            }
+            Qualifier::Version(_) | Qualifier::Latest => {
+                vec![(self.find_version(&function)?.version, 1.0)]
+            }
+        })
+    }
+
+    /// How a configuration's environments are spread over the versions it resolves to.
+    /// A weighted alias's are split by its routing weights, as AWS allocates them during
+    /// canary and linear deployments: the additional version gets `requested × weight`
+    /// rounded to the nearest whole environment (a half goes to the main version), the
+    /// main version the rest. Versions that get none are left out.
+    pub(super) fn provisioned_shares(
+        &self,
+        config: &ProvisionedConfig,
+    ) -> Result<Vec<(String, u32)>, ApiError> {
+        let versions = self.routed_versions(&config.function_name, &config.qualifier)?;
+        let shares = match versions.as_slice() {
+            [(main, _), (additional, weight)] => {
+                let additional_share = split_by_weight(config.requested, *weight);
+                vec![
+                    (main.clone(), config.requested - additional_share),
+                    (additional.clone(), additional_share),
+                ]
+            }
+            _ => versions
+                .into_iter()
+                .map(|(version, _)| (version, config.requested))
+                .collect(),
+        };
+        Ok(shares.into_iter().filter(|(_, share)| *share > 0).collect())
+    }
+
+    /// AWS refuses a configuration on an alias whose version has its own, and on a
+    /// version that an alias with a configuration points at (with either of a weighted
+    /// alias's versions).
+    fn check_no_overlap(&self, function: &FunctionRef, qualifier: &str) -> Result<(), ApiError> {
         let configs = self.store.provisioned(Some(&function.name))?;
-        let is_alias = qualifier != version;
+        let is_alias = matches!(
+            FunctionRef::named(&function.name, Some(qualifier)).qualifier_kind(),
+            Qualifier::Alias(_)
+        );
+        let versions = self.routed_versions(&function.name, qualifier)?;
         for config in configs.iter().filter(|c| c.qualifier != qualifier) {
             let other = FunctionRef::named(&function.name, Some(&config.qualifier));
             let other_is_alias = matches!(other.qualifier_kind(), Qualifier::Alias(_));
-            let same_version = self
-                .find_version(&other)
-                .is_ok_and(|other_version| other_version.version == version);
-            if !same_version {
+            let shared = self
+                .routed_versions(&function.name, &config.qualifier)
+                .is_ok_and(|others| {
+                    others
+                        .iter()
+                        .any(|(other, _)| versions.iter().any(|(mine, _)| mine == other))
+                });
+            if !shared {
                 continue;
             }
             if is_alias && !other_is_alias {
@@ -119,9 +184,29 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The provisioned concurrency of functions without a reservation (but `except`):
+    /// it is taken out of the account limit like a reservation.
+    pub(super) fn unreserved_provisioned(&self, except: Option<&str>) -> Result<u64, ApiError> {
+        let reservations = self.store.reservations()?;
+        Ok(self
+            .store
+            .provisioned(None)?
+            .iter()
+            .filter(|c| Some(c.function_name.as_str()) != except)
+            .filter(|c| {
+                !reservations
+                    .iter()
+                    .any(|(name, _)| *name == c.function_name)
+            })
+            .map(|c| u64::from(c.requested))
+            .sum())
+    }
+
     /// What is left of the account limit for functions without a reservation: the limit
     /// minus every reservation and the provisioned concurrency of unreserved functions
-    /// (leaving out one configuration, the one being replaced).
+    /// (leaving out one configuration, the one being replaced). AWS counts provisioned
+    /// concurrency this way: putting it on a function without a reservation fails with
+    /// "decreases account's UnreservedConcurrentExecution below its minimum value".
     pub(super) fn unreserved_concurrency(
         &self,
         except: Option<(&str, &str)>,
@@ -187,9 +272,7 @@ impl ControlPlane {
             }
             Some(_) => {}
             None => {
-                let minimum = u64::from(lamina_engine::ConcurrencyGovernor::minimum_unreserved(
-                    self.concurrent_executions,
-                ));
+                let minimum = u64::from(self.minimum_unreserved());
                 let unreserved = self.unreserved_concurrency(Some((&function.name, &qualifier)))?;
                 if unreserved < u64::from(requested) + minimum {
                     return Err(RequestError::InvalidParameter(format!(
@@ -201,7 +284,7 @@ impl ControlPlane {
             }
         }
 
-        self.check_no_overlap(function, &qualifier, &version)?;
+        self.check_no_overlap(function, &qualifier)?;
         let config = ProvisionedConfig {
             function_name: function.name.clone(),
             qualifier,
@@ -263,17 +346,23 @@ impl ControlPlane {
     }
 
     /// Hands the engine the provisioned concurrency of every version of a function: the
-    /// sum of the configurations that resolve to it now (a version's own, its aliases').
+    /// sum of the shares of the configurations that resolve to it now (a version's own,
+    /// its aliases', a weighted alias's split by weight).
+    ///
+    /// Reading the store and telling the engine happen under one lock, so calls reach the
+    /// engine in the order they read the store: the last one carries the latest state,
+    /// however quickly configurations change.
     pub(super) fn apply_provisioned(&self, function_name: &str) -> Result<(), ApiError> {
         let Some(listener) = &self.change_listener else {
             return Ok(());
         };
+        let _in_order = self.concurrency_changes();
         let mut targets = std::collections::BTreeMap::<String, u32>::new();
         for config in self.store.provisioned(Some(function_name))? {
-            let function = FunctionRef::named(&config.function_name, Some(&config.qualifier));
-            if let Ok(version) = self.find_version(&function) {
-                let target = targets.entry(version.version).or_default();
-                *target = target.saturating_add(config.requested);
+            // A configuration whose alias or version is gone provisions nothing.
+            for (version, share) in self.provisioned_shares(&config).unwrap_or_default() {
+                let target = targets.entry(version).or_default();
+                *target = target.saturating_add(share);
             }
         }
         listener.provisioned_targets(function_name, &targets);
@@ -293,5 +382,33 @@ impl ControlPlane {
             self.apply_provisioned(&function_name)?;
         }
         Ok(())
+    }
+}
+
+/// The additional version's share of `requested` environments at `weight`: the nearest
+/// whole number, a tie going to the main version.
+fn split_by_weight(requested: u32, weight: f64) -> u32 {
+    let exact = f64::from(requested) * weight.clamp(0.0, 1.0);
+    let share = if exact.fract() == 0.5 {
+        exact.floor()
+    } else {
+        exact.round()
+    };
+    (share as u32).min(requested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_weight;
+
+    #[test]
+    fn weights_split_whole_environments() {
+        assert_eq!(split_by_weight(10, 0.1), 1);
+        assert_eq!(split_by_weight(10, 0.25), 2); // 2.5: the half stays on the main version
+        assert_eq!(split_by_weight(2, 0.5), 1);
+        assert_eq!(split_by_weight(1, 0.5), 0);
+        assert_eq!(split_by_weight(1, 0.6), 1);
+        assert_eq!(split_by_weight(3, 0.0), 0);
+        assert_eq!(split_by_weight(3, 1.0), 3);
     }
 }
