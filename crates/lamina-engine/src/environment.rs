@@ -375,13 +375,14 @@ fn start_from_zygote(
     template: &Template,
 ) -> Result<StartedEnvironment, lamina_sandbox::SandboxError> {
     let began = Instant::now();
-    let (started, adoption) = sandbox.start_for_adoption(spec)?;
-    let root_ready = began.elapsed();
-    match template.adopt(adoption) {
+    let (pending, adoption) = sandbox.start_for_adoption(spec)?;
+    // The zygote forks while the init builds the root; its child waits for the root.
+    let adopted = template.adopt(adoption);
+    let started = pending.wait_ready()?;
+    match adopted {
         Ok(pid) => {
             tracing::debug!(
-                root_ready_us = root_ready.as_micros() as u64,
-                forked_us = (began.elapsed() - root_ready).as_micros() as u64,
+                elapsed_us = began.elapsed().as_micros() as u64,
                 pid,
                 "environment adopted from the zygote"
             );

@@ -110,15 +110,51 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// root, cgroups, namespaces and init are built exactly as by [`Sandbox::start`]
     /// (`spec.argv` is not run), and the returned [`Adoption`] lets a pre-initialised
     /// template process (a runtime's zygote) fork a child into the environment and become
-    /// its main process. Returns once the root is ready. Tiers that cannot do it say why.
+    /// its main process. Returns as soon as the init exists, so the adopter's fork
+    /// overlaps the building of the root; [`PendingEnvironment::wait_ready`] says whether
+    /// that succeeded. Tiers that cannot do it say why.
     fn start_for_adoption(
         &self,
         spec: &EnvironmentSpec,
-    ) -> Result<(StartedEnvironment, Adoption), SandboxError> {
+    ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
         let _ = spec;
         Err(SandboxError::AdoptionUnsupported {
             reason: format!("the {:?} tier runs no init to adopt into", self.tier()),
         })
+    }
+}
+
+/// An environment started for adoption whose root may still be being built.
+pub struct PendingEnvironment {
+    started: StartedEnvironment,
+    root: Box<dyn FnOnce() -> Result<(), SandboxError> + Send>,
+}
+
+impl std::fmt::Debug for PendingEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingEnvironment")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingEnvironment {
+    pub(crate) fn new(
+        started: StartedEnvironment,
+        root: impl FnOnce() -> Result<(), SandboxError> + Send + 'static,
+    ) -> PendingEnvironment {
+        PendingEnvironment {
+            started,
+            root: Box::new(root),
+        }
+    }
+
+    /// Blocks until the root is built; an error names the step that failed, and the
+    /// environment is destroyed. Call it after the adopter has answered: the adopter's
+    /// child waits for the same moment (see [`Adoption::root_ready`]).
+    pub fn wait_ready(self) -> Result<StartedEnvironment, SandboxError> {
+        (self.root)()?;
+        Ok(self.started)
     }
 }
 
@@ -128,8 +164,9 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
 /// 1. open every `cgroup_procs` file, `setns(init_pidfd, CLONE_NEWPID)` so that its next
 ///    child is born in the environment's PID namespace (PID 2, as an exec'd main process
 ///    is), fork it, and `setns` its own PID namespace back;
-/// 2. in the child: write `0` to each opened `cgroup.procs`, `setns(init_pidfd,
-///    namespaces & !CLONE_NEWPID)`, `setsid`, stdin from `/dev/null` and stdout/stderr to
+/// 2. in the child: write `0` to each opened `cgroup.procs`, wait until `root_ready`
+///    polls as hung up *without* data (data means the root failed: give up),
+///    `setns(init_pidfd, namespaces & !CLONE_NEWPID)`, `setsid`, stdin from `/dev/null` and stdout/stderr to
 ///    `output`, close every other descriptor, `chdir(cwd)`, set `RLIMIT_CORE` 0 and
 ///    `RLIMIT_NOFILE` `nofile`, drop the ambient and bounding capabilities
 ///    (`0..=cap_last_cap`), `setgroups([])`, `setresgid`/`setresuid` to `gid`/`uid`, clear
@@ -149,6 +186,9 @@ pub struct Adoption {
     pub init_pidfd: std::os::fd::OwnedFd,
     /// The flags to pass to `setns` with `init_pidfd`.
     pub namespaces: i32,
+    /// A read end of the pipe the init closes once the root is built (or writes a failure
+    /// record to). Poll it; never read it: the server reads it after the adopter answers.
+    pub root_ready: std::os::fd::OwnedFd,
     /// Write end of the pipe that carries the function's stdout and stderr.
     pub output: std::os::fd::OwnedFd,
     /// Write end of the pipe on which the main process's wait status is reported.

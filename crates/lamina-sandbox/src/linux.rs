@@ -50,8 +50,8 @@ use crate::spawner::{self, ChildConfig, Outcome, SpawnError, Spawner, StartReque
 use crate::sys;
 use crate::tmp_pool::{Ext4Pool, TmpLease, TmpStorage, TmpfsStorage};
 use crate::{
-    Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, Sandbox, SandboxError,
-    SandboxOptions, SandboxTier, StartedEnvironment,
+    Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, PendingEnvironment, Sandbox,
+    SandboxError, SandboxOptions, SandboxTier, StartedEnvironment,
 };
 
 pub(crate) const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -578,29 +578,34 @@ impl Sandbox for LinuxSandbox {
 
     fn start(&self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError> {
         self.start_environment(spec, false)
-            .map(|(started, _)| started)
+            .map(|(started, _, _)| started)
     }
 
     fn start_for_adoption(
         &self,
         spec: &EnvironmentSpec,
-    ) -> Result<(StartedEnvironment, Adoption), SandboxError> {
-        let (started, adoption) = self.start_environment(spec, true)?;
+    ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
+        let (started, adoption, root) = self.start_environment(spec, true)?;
         let adoption = adoption.ok_or_else(|| SandboxError::AdoptionUnsupported {
             reason: "the kernel gave the environment's init no pidfd (Linux 5.3 or later is needed, 5.8 for setns through it)".to_owned(),
         })?;
-        Ok((started, adoption))
+        let pending = PendingEnvironment::new(started, move || match root {
+            Some(root) => root.wait(),
+            None => Ok(()),
+        });
+        Ok((pending, adoption))
     }
 }
 
 impl LinuxSandbox {
-    /// Starts an environment; with `adopt`, one whose main process will be adopted, and
-    /// what the adopter needs (`None` without a pidfd of the init to `setns` through).
+    /// Starts an environment. Without `adopt`, returns once the function process has
+    /// exec'd. With it, returns at once with what the adopter needs (`None` without a pidfd
+    /// of the init to `setns` through) and the root still being built.
     fn start_environment(
         &self,
         spec: &EnvironmentSpec,
         adopt: bool,
-    ) -> Result<(StartedEnvironment, Option<Adoption>), SandboxError> {
+    ) -> Result<(StartedEnvironment, Option<Adoption>, Option<RootSetup>), SandboxError> {
         crate::validate_spec(spec)?;
         let id = spec.environment_id.as_str();
         let invalid = |reason: String| SandboxError::InvalidSpec {
@@ -749,40 +754,32 @@ impl LinuxSandbox {
         env.pidfd = spawned.pidfd;
         *env.status_r.lock().expect("status lock") = Some(spawned.status_r);
         let (listener, ready_r) = (spawned.listener, spawned.ready_r);
+        let root_ready = if adopt {
+            Some(
+                ready_r
+                    .try_clone()
+                    .map_err(|e| SandboxError::syscall("dup (ready pipe)", id, e))?,
+            )
+        } else {
+            None
+        };
 
-        let mut record = [0u8; 12];
-        let got = sys::read_full(ready_r.as_raw_fd(), &mut record)
-            .map_err(|e| SandboxError::syscall("read (ready pipe)", id, e))?;
-        if got != 0 {
-            let stage = u32::from_ne_bytes(record[..4].try_into().unwrap_or_default());
-            let step = u32::from_ne_bytes(record[4..8].try_into().unwrap_or_default());
-            let errno = i32::from_ne_bytes(record[8..].try_into().unwrap_or_default());
-            let step = match Stage::from_u32(stage) {
-                Some(Stage::Mount) => plan
-                    .steps
-                    .get(step as usize)
-                    .map_or_else(|| format!("mount step {step}"), |s| s.describe()),
-                Some(Stage::Hostname) => "sethostname".into(),
-                Some(Stage::CgroupNamespace) => "unshare(CLONE_NEWCGROUP)".into(),
-                Some(Stage::Fork) => "fork of the function process".into(),
-                Some(Stage::Stdio) => "setting up stdin/stdout/stderr".into(),
-                Some(Stage::Chdir) => format!("chdir {:?}", spec.cwd),
-                Some(Stage::Limits) => "setrlimit".into(),
-                Some(Stage::Capabilities) => "dropping capabilities".into(),
-                Some(Stage::Ids) => format!("switching to uid {SANDBOX_UID} gid {SANDBOX_GID}"),
-                Some(Stage::NoNewPrivs) => "PR_SET_NO_NEW_PRIVS".into(),
-                Some(Stage::Seccomp) => "installing the seccomp filter".into(),
-                Some(Stage::Exec) => format!("execve {:?}", spec.argv[0]),
-                None => format!("unknown stage {stage}"),
-            };
-            return Err(SandboxError::Setup {
-                environment_id: id.to_owned(),
-                step,
-                source: std::io::Error::from_raw_os_error(errno),
-            });
-        }
-        let adoption = match (spawned.adopter_ends, &env.pidfd) {
-            (Some((output, status)), Some(pidfd)) => Some(Adoption {
+        let root = RootSetup {
+            environment_id: id.to_owned(),
+            ready_r,
+            plan,
+            cwd: spec.cwd.clone(),
+            program: spec.argv[0].clone(),
+        };
+        let root = if adopt {
+            Some(root)
+        } else {
+            root.wait()?;
+            None
+        };
+        let adoption = match (spawned.adopter_ends, &env.pidfd, root_ready) {
+            (Some((output, status)), Some(pidfd), Some(root_ready)) => Some(Adoption {
+                root_ready,
                 init_pidfd: pidfd
                     .try_clone()
                     .map_err(|e| SandboxError::syscall("dup (pidfd)", id, e))?,
@@ -819,7 +816,57 @@ impl LinuxSandbox {
                 handle: Box::new(env),
             },
             adoption,
+            root,
         ))
+    }
+}
+
+/// The environment's root as its init builds it: `wait` reads the ready pipe until EOF
+/// (the root is ready, or the function process has exec'd) or a failure record.
+struct RootSetup {
+    environment_id: String,
+    ready_r: OwnedFd,
+    plan: MountPlan,
+    cwd: String,
+    program: String,
+}
+
+impl RootSetup {
+    fn wait(self) -> Result<(), SandboxError> {
+        let id = self.environment_id.as_str();
+        let mut record = [0u8; 12];
+        let got = sys::read_full(self.ready_r.as_raw_fd(), &mut record)
+            .map_err(|e| SandboxError::syscall("read (ready pipe)", id, e))?;
+        if got == 0 {
+            return Ok(());
+        }
+        let stage = u32::from_ne_bytes(record[..4].try_into().unwrap_or_default());
+        let step = u32::from_ne_bytes(record[4..8].try_into().unwrap_or_default());
+        let errno = i32::from_ne_bytes(record[8..].try_into().unwrap_or_default());
+        let step = match Stage::from_u32(stage) {
+            Some(Stage::Mount) => self
+                .plan
+                .steps
+                .get(step as usize)
+                .map_or_else(|| format!("mount step {step}"), |s| s.describe()),
+            Some(Stage::Hostname) => "sethostname".into(),
+            Some(Stage::CgroupNamespace) => "unshare(CLONE_NEWCGROUP)".into(),
+            Some(Stage::Fork) => "fork of the function process".into(),
+            Some(Stage::Stdio) => "setting up stdin/stdout/stderr".into(),
+            Some(Stage::Chdir) => format!("chdir {:?}", self.cwd),
+            Some(Stage::Limits) => "setrlimit".into(),
+            Some(Stage::Capabilities) => "dropping capabilities".into(),
+            Some(Stage::Ids) => format!("switching to uid {SANDBOX_UID} gid {SANDBOX_GID}"),
+            Some(Stage::NoNewPrivs) => "PR_SET_NO_NEW_PRIVS".into(),
+            Some(Stage::Seccomp) => "installing the seccomp filter".into(),
+            Some(Stage::Exec) => format!("execve {:?}", self.program),
+            None => format!("unknown stage {stage}"),
+        };
+        Err(SandboxError::Setup {
+            environment_id: id.to_owned(),
+            step,
+            source: std::io::Error::from_raw_os_error(errno),
+        })
     }
 }
 

@@ -14,8 +14,8 @@
 //! Protocol, over a `SOCK_SEQPACKET` pair whose other end is the template's descriptor 3:
 //! the template first sends `ready`; then each request (one at a time) is NUL-separated
 //! text — `namespaces, uid, gid, nofile, cap_last_cap, cwd, n, cgroup.procs paths…, n,
-//! seccomp programs in hex…, n, NAME=value…` — with the init's pidfd and the output and
-//! status pipes' write ends attached, and the reply is `ok <pid>` once the main process is
+//! seccomp programs in hex…, n, NAME=value…` — with the init's pidfd, the output and
+//! status pipes' write ends and the root-ready pipe's read end attached, and the reply is `ok <pid>` once the main process is
 //! set up and about to run the runtime, or `error <reason>`. What the template must do with
 //! a request is [`crate::Adoption`]'s contract; Lamina's Python zygote
 //! (`lamina-runtimes/bootstraps/python/zygote.py`) implements it.
@@ -293,6 +293,7 @@ impl Template {
                 adoption.init_pidfd.as_raw_fd(),
                 adoption.output.as_raw_fd(),
                 adoption.status.as_raw_fd(),
+                adoption.root_ready.as_raw_fd(),
             ],
         )
         .map_err(|e| template_error(&self.name, format!("sendmsg: {e}")))?;

@@ -455,7 +455,7 @@ fn an_environment_for_adoption_ends_when_its_adopter_goes_away() {
     require_root!();
     let fx = Fixture::new();
     let spec = fx.spec("echo never run");
-    let (started, adoption) = fx.sandbox().start_for_adoption(&spec).unwrap();
+    let (pending, adoption) = fx.sandbox().start_for_adoption(&spec).unwrap();
     assert_eq!(adoption.cwd, "/var/task");
     assert!(!adoption.seccomp_programs.is_empty());
     assert!(
@@ -465,6 +465,16 @@ fn an_environment_for_adoption_ends_when_its_adopter_goes_away() {
             .all(|p| !p.is_empty() && p.len() % 8 == 0),
         "struct sock_filter arrays"
     );
+    // Nobody adopts here, so the root being ready shows as a hang-up of the pipe.
+    let mut poll = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&adoption.root_ready),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut poll, 1, 5000) }, 1);
+    assert_eq!(poll.revents & (libc::POLLIN | libc::POLLHUP), libc::POLLHUP);
+    let started = pending.wait_ready().unwrap();
     assert!(
         adoption
             .env

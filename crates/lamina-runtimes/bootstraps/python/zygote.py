@@ -17,8 +17,9 @@ and the contract are documented with `lamina_sandbox::Template` and
 
 request: NUL-separated fields `namespaces, uid, gid, nofile, cap_last_cap, cwd,
   count, cgroup.procs paths..., count, seccomp programs as hex..., count, NAME=value...`
-  with three descriptors: the environment init's pidfd, the output pipe's write end, the
-  status pipe's write end.
+  with four descriptors: the environment init's pidfd, the output pipe's write end, the
+  status pipe's write end and the read end of the pipe the init closes when the
+  environment's root is built (the zygote forks meanwhile; the child waits for it).
 reply: `ok <pid>` (the main process as the host sees it) once it is set up, or
   `error <reason>`.
 
@@ -40,6 +41,7 @@ copy-on-write and charged to the zygote, not to the environment.
 
 import gc
 import os
+import select
 import signal
 import sys
 
@@ -117,12 +119,18 @@ def _parse(data):
     return request
 
 
-def _become_function(request, init_pidfd, output, ready_w, cgroup_files):
+def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready):
     """The environment's main process. Mirrors the sandbox's function_main."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for fd in cgroup_files:
         os.write(fd, b"0")
+    # The init closes the pipe once the root is built, or writes why it could not.
+    poller = select.poll()
+    poller.register(root_ready, select.POLLIN)
+    events = poller.poll()
+    if not events or events[0][1] & select.POLLIN:
+        raise OSError("the environment's root could not be built")
     # The PID namespace is already the environment's (the fork made it so).
     _check(
         _libc.setns(init_pidfd, request["namespaces"] & ~CLONE_NEWPID),
@@ -174,10 +182,10 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files):
     os.close(keep)
 
 
-def _run_function(request, init_pidfd, output, ready_w, cgroup_files):
+def _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready):
     """The forked child: becomes the function's process, or says why not and exits."""
     try:
-        _become_function(request, init_pidfd, output, ready_w, cgroup_files)
+        _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready)
     except BaseException as e:
         try:
             os.write(ready_w, ("%s" % (e,)).encode("utf-8", "replace") or b"failed")
@@ -239,7 +247,7 @@ def _restore_pid_namespace():
         os._exit(70)
 
 
-def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files):
+def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready):
     """Forks the environment's main process; returns its pid, registered with _reap."""
     # SIGCHLD waits until the child is registered, so that _reap knows it.
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
@@ -252,7 +260,7 @@ def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files)
             raise
         if child == 0:
             sock.detach()  # descriptor 3 is closed with the others
-            _run_function(request, init_pidfd, output, ready_w, cgroup_files)
+            _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready)
         _restore_pid_namespace()
         _children[child] = (status, init_pidfd)
         return child
@@ -261,21 +269,23 @@ def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files)
 
 
 def _serve_one(sock, data, fds):
-    init_pidfd, output, status = fds
+    init_pidfd, output, status, root_ready = fds
     cgroup_files = []
     ready_r = ready_w = None
     try:
         request = _parse(data)
         cgroup_files = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in request["cgroup_procs"]]
         ready_r, ready_w = os.pipe()
-        child = _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files)
+        child = _fork_into(
+            sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready
+        )
     except BaseException:
         for fd in (init_pidfd, status, ready_r):
             if fd is not None:
                 os.close(fd)
         raise
     finally:
-        for fd in cgroup_files + [output, ready_w]:
+        for fd in cgroup_files + [output, ready_w, root_ready]:
             if fd is not None:
                 os.close(fd)
     # The child closes its end once it is set up, or writes why it failed and exits.
@@ -306,7 +316,7 @@ def serve(main_module):
     gc.collect()
     gc.freeze()
     sock = _socket.socket(fileno=3)
-    fd_space = _socket.CMSG_SPACE(3 * 4)
+    fd_space = _socket.CMSG_SPACE(4 * 4)
     sock.send(b"ready")
     while True:
         data, ancillary, _, _ = sock.recvmsg(256 * 1024, fd_space)
@@ -319,10 +329,10 @@ def serve(main_module):
                 fds.extend(
                     int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
                 )
-        if len(fds) != 3:
+        if len(fds) != 4:
             for fd in fds:
                 os.close(fd)
-            sock.send(b"error expected 3 descriptors, got %d" % len(fds))
+            sock.send(b"error expected 4 descriptors, got %d" % len(fds))
             continue
         try:
             reply = _serve_one(sock, data, fds)
