@@ -953,6 +953,10 @@ impl Engine {
                         })
                     }
                     Err(ending) => {
+                        environment.logs.start_after_failed_init(format!(
+                            "START RequestId: {request_id} Version: {}",
+                            version.version
+                        ));
                         return Ok(self
                             .finish(
                                 &slot,

@@ -253,6 +253,16 @@ impl LogRelay {
         state.relay.line(line);
     }
 
+    /// Starts the invocation whose environment failed to initialise: its `START` follows
+    /// the init's output (already in the pipe), which stays in the invocation's tail, as
+    /// the error it explains.
+    pub fn start_after_failed_init(&self, line: String) {
+        let mut state = self.shared.state();
+        state.drain(&self.shared.receiver);
+        state.relay.flush_partial();
+        state.relay.line(line);
+    }
+
     /// Ends an invocation: its remaining output, `END`, then `REPORT`. Returns the
     /// invocation's log tail when asked for.
     pub fn end(&self, end_line: String, report: Report, want_tail: bool) -> Option<String> {

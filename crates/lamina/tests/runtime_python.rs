@@ -418,6 +418,13 @@ async fn import_errors_are_reported_as_the_python_runtime_reports_them() {
                 "{}",
                 failed.log
             );
+            // The invocation has its START, after the init's error and before its END.
+            let log = &failed.log;
+            let start = log
+                .find("START RequestId: ")
+                .unwrap_or_else(|| panic!("{log}"));
+            assert!(log.find("[ERROR]").unwrap() < start, "{log}");
+            assert!(start < log.find("END RequestId: ").unwrap(), "{log}");
         }
     }
     let syntax = invoke_tail(&client, "syntax", json!({})).await;
