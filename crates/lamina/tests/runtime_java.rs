@@ -588,3 +588,117 @@ async fn java_runs_in_the_process_tier_from_host_paths() {
     let got = invoke_tail(&client, "square", json!(12)).await;
     assert_eq!(got.payload, json!(144), "{}", got.log);
 }
+
+const RECORDS: &str = r#"package example;
+
+import com.amazonaws.services.lambda.runtime.Context;
+import com.amazonaws.services.lambda.runtime.RequestHandler;
+import java.util.List;
+import java.util.Map;
+
+public class Records implements RequestHandler<Records.Order, Records.Receipt> {
+    public record Line(String sku, int quantity) {}
+
+    public record Order(String id, List<Line> lines, Map<String, String> notes, boolean express, long placedAt) {}
+
+    public record Receipt(String orderId, int items, boolean express, long placedAt, Line first, String note) {}
+
+    @Override
+    public Receipt handleRequest(Order order, Context context) {
+        int items = order.lines().stream().mapToInt(Line::quantity).sum();
+        String note = order.notes() == null ? null : order.notes().get("gift");
+        return new Receipt(order.id(), items, order.express(), order.placedAt(), order.lines().get(0), note);
+    }
+}
+"#;
+
+/// Java 16's records bind as Jackson binds them in AWS's runtime: components by name
+/// through the canonical constructor in, components through the accessors out.
+#[tokio::test]
+async fn records_bind_in_and_out_on_java_17_and_later() {
+    let Some(javac) = javac() else {
+        eprintln!("\n*** SKIPPED: no javac on this machine ***\n");
+        return;
+    };
+    let runtime = available_runtimes("java")
+        .into_iter()
+        .filter(|r| {
+            r.trim_start_matches("java")
+                .parse::<u32>()
+                .is_ok_and(|v| v >= 17)
+        })
+        .next_back();
+    let Some(runtime) = runtime else {
+        eprintln!("\n*** SKIPPED: no Java 17 or later runtime on this machine ***\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("Records.java");
+    std::fs::write(&source, RECORDS).unwrap();
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lamina-runtimes/bootstraps/java");
+    let classes = dir.path().join("classes");
+    let output = Command::new(&javac)
+        .args(["--release", "17", "-d"])
+        .arg(&classes)
+        .arg("-sourcepath")
+        .arg(&core)
+        .arg(&source)
+        .output()
+        .expect("javac runs");
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("release version 17 not supported"),
+            "javac failed: {stderr}"
+        );
+        eprintln!("\n*** SKIPPED: this javac cannot compile for Java 17 ***\n");
+        return;
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(classes.join("example")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.push((
+            format!("example/{name}"),
+            std::fs::read(entry.path()).unwrap(),
+        ));
+    }
+    let server = LaminaServer::start();
+    let client = server.client();
+    create_managed(
+        &client,
+        "records",
+        &runtime,
+        "example.Records",
+        classes_zip(&files),
+    )
+    .await;
+    let answer = invoke_tail(
+        &client,
+        "records",
+        json!({
+            "id": "o-1",
+            "lines": [{"sku": "a", "quantity": 2}, {"sku": "b", "quantity": 3}],
+            "notes": {"gift": "yes"},
+            "placedAt": 1_700_000_000_000_i64,
+            "unknown": "ignored"
+        }),
+    )
+    .await;
+    assert_eq!(
+        answer.function_error, None,
+        "{}\n{}",
+        answer.payload, answer.log
+    );
+    assert_eq!(
+        answer.payload,
+        json!({
+            "orderId": "o-1",
+            "items": 5,
+            "express": false,
+            "placedAt": 1_700_000_000_000_i64,
+            "first": {"sku": "a", "quantity": 2},
+            "note": "yes"
+        })
+    );
+}

@@ -29,13 +29,15 @@ import java.util.Set;
  * <ul>
  *   <li>reading binds to: String, the boxed and primitive numbers, boolean, BigDecimal,
  *       BigInteger, Object / Map (LinkedHashMap of the JSON values), List / Set /
- *       Collection and arrays of any supported type, enums (by name), and POJOs with a
+ *       Collection and arrays of any supported type, enums (by name), records (through
+ *       their canonical constructor, on Java 16 and later), and POJOs with a
  *       no-argument constructor, through {@code setX} methods or fields of the key's name
  *       (unknown keys are ignored, as AWS's serialiser does). No annotations, no
- *       records, no java.time types, no polymorphism.
+ *       java.time types, no polymorphism.
  *   <li>writing handles null, String, Character, numbers, booleans, enums (their name),
- *       Map (keys as strings), Collection, arrays (byte[] as base64, as Jackson does) and
- *       POJOs through their public getters ({@code getX}/{@code isX}) and public fields.
+ *       Map (keys as strings), Collection, arrays (byte[] as base64, as Jackson does),
+ *       records (their components, through the accessors) and POJOs through their public
+ *       getters ({@code getX}/{@code isX}) and public fields.
  * </ul>
  */
 final class Json {
@@ -331,7 +333,98 @@ final class Json {
             }
             return bindArray(value, c.getComponentType());
         }
+        if (Records.isRecord(c)) {
+            return bindRecord(value, c);
+        }
         return bindPojo(value, c);
+    }
+
+    /** A record through its canonical constructor; absent components are null, 0 or false. */
+    private static Object bindRecord(Object value, Class<?> c) {
+        if (!(value instanceof Map)) {
+            throw mismatch(value, c);
+        }
+        Map<?, ?> fields = (Map<?, ?>) value;
+        try {
+            Object[] components = Records.components(c);
+            Class<?>[] types = new Class<?>[components.length];
+            Object[] arguments = new Object[components.length];
+            for (int i = 0; i < components.length; i++) {
+                types[i] = Records.type(components[i]);
+                arguments[i] = bind(fields.get(Records.name(components[i])), Records.genericType(components[i]));
+            }
+            Constructor<?> canonical = c.getDeclaredConstructor(types);
+            canonical.setAccessible(true);
+            return canonical.newInstance(arguments);
+        } catch (ReflectiveOperationException e) {
+            throw new JsonException("cannot create a " + c.getName(), e);
+        }
+    }
+
+    /**
+     * Java 16's records through reflection: the runtime is compiled for Java 11, the oldest
+     * Java runtime it serves, where neither {@code Class.isRecord} nor RecordComponent exist.
+     */
+    private static final class Records {
+        private static final Method IS_RECORD = method(Class.class, "isRecord");
+        private static final Method COMPONENTS = method(Class.class, "getRecordComponents");
+        private static final Class<?> COMPONENT = componentClass();
+        private static final Method NAME = method(COMPONENT, "getName");
+        private static final Method TYPE = method(COMPONENT, "getType");
+        private static final Method GENERIC_TYPE = method(COMPONENT, "getGenericType");
+        private static final Method ACCESSOR = method(COMPONENT, "getAccessor");
+
+        private Records() {}
+
+        private static Class<?> componentClass() {
+            try {
+                return Class.forName("java.lang.reflect.RecordComponent");
+            } catch (ClassNotFoundException e) {
+                return null;
+            }
+        }
+
+        private static Method method(Class<?> c, String name) {
+            if (c == null) {
+                return null;
+            }
+            try {
+                return c.getMethod(name);
+            } catch (NoSuchMethodException e) {
+                return null;
+            }
+        }
+
+        static boolean isRecord(Class<?> c) {
+            if (IS_RECORD == null || COMPONENTS == null || ACCESSOR == null) {
+                return false;
+            }
+            try {
+                return (Boolean) IS_RECORD.invoke(c);
+            } catch (ReflectiveOperationException e) {
+                return false;
+            }
+        }
+
+        static Object[] components(Class<?> c) throws ReflectiveOperationException {
+            return (Object[]) COMPONENTS.invoke(c);
+        }
+
+        static String name(Object component) throws ReflectiveOperationException {
+            return (String) NAME.invoke(component);
+        }
+
+        static Class<?> type(Object component) throws ReflectiveOperationException {
+            return (Class<?>) TYPE.invoke(component);
+        }
+
+        static Type genericType(Object component) throws ReflectiveOperationException {
+            return (Type) GENERIC_TYPE.invoke(component);
+        }
+
+        static Method accessor(Object component) throws ReflectiveOperationException {
+            return (Method) ACCESSOR.invoke(component);
+        }
     }
 
     private static boolean isNumber(Class<?> c) {
@@ -610,6 +703,20 @@ final class Json {
     private static void writePojo(Object value, StringBuilder out, Set<Object> path) {
         Map<String, Object> properties = new LinkedHashMap<>();
         Class<?> c = value.getClass();
+        if (Records.isRecord(c)) {
+            // Its components, in declaration order, as Jackson writes a record.
+            try {
+                for (Object component : Records.components(c)) {
+                    Method accessor = Records.accessor(component);
+                    accessor.setAccessible(true);
+                    properties.put(Records.name(component), accessor.invoke(value));
+                }
+            } catch (ReflectiveOperationException | RuntimeException e) {
+                throw new JsonException("cannot serialize a " + c.getName(), e);
+            }
+            write(properties, out, path);
+            return;
+        }
         try {
             for (Field f : c.getFields()) {
                 if (!Modifier.isStatic(f.getModifiers())) {
