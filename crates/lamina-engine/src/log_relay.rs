@@ -29,6 +29,18 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// A line longer than this is cut into several events, as CloudWatch caps event size.
 const MAX_LINE_BYTES: usize = 256 * 1024;
 
+/// Lamina's runtimes write each log record as one frame, the framing AWS's runtimes use on
+/// their telemetry descriptor (`_LAMBDA_TELEMETRY_LOG_FD`): a 4-byte type `a5 5a 00 xx`
+/// (the last byte carries the format and level), a 4-byte big-endian length, an 8-byte
+/// big-endian timestamp in microseconds, then the message. Here the frames travel in the
+/// stdout pipe, between the lines the function prints, so a multi-line record (a
+/// traceback, indented JSON) stays one event as on Lambda, in its place among the output.
+/// The prefix cannot start UTF-8 text (0xa5 is a continuation byte), and a frame is only
+/// taken whole with a plausible length; anything else is text.
+const FRAME_PREFIX: [u8; 3] = [0xa5, 0x5a, 0x00];
+const FRAME_HEADER_BYTES: usize = 16;
+const MAX_FRAME_BYTES: usize = MAX_LINE_BYTES;
+
 /// The parts of a `REPORT` line known when the invocation ends.
 pub struct Report {
     /// `REPORT RequestId: ...\tMemory Size: N MB` — everything before `Max Memory Used`.
@@ -100,10 +112,50 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+enum Frame<'a> {
+    Whole {
+        message: &'a [u8],
+        timestamp_us: u64,
+        /// Header and message.
+        length: usize,
+    },
+    Incomplete,
+    Text,
+}
+
+/// Whether `bytes` (starting with 0xa5) begin with a log frame.
+fn frame_at(bytes: &[u8]) -> Frame<'_> {
+    let prefix = bytes.len().min(FRAME_PREFIX.len());
+    if bytes[..prefix] != FRAME_PREFIX[..prefix] {
+        return Frame::Text;
+    }
+    let word = |range: std::ops::Range<usize>| -> u64 {
+        bytes[range].iter().fold(0, |n, b| (n << 8) | u64::from(*b))
+    };
+    if bytes.len() < 8 {
+        return Frame::Incomplete;
+    }
+    let length = word(4..8) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Frame::Text;
+    }
+    if bytes.len() < FRAME_HEADER_BYTES + length {
+        return Frame::Incomplete;
+    }
+    Frame::Whole {
+        message: &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length],
+        timestamp_us: word(8..16),
+        length: FRAME_HEADER_BYTES + length,
+    }
+}
+
 struct Relay {
     sink: LogSink,
     group: String,
     stream: String,
+    /// Read but not yet cut: the start of a frame whose rest has not arrived.
+    incoming: Vec<u8>,
+    /// The current line's text so far.
     partial: Vec<u8>,
     invocation_text: String,
     pending: Vec<LogEvent>,
@@ -113,6 +165,27 @@ impl Relay {
     fn line(&mut self, line: String) {
         self.invocation_text.push_str(&line);
         self.invocation_text.push('\n');
+        self.trim_invocation_text();
+        self.pending.push(LogEvent {
+            timestamp_ms: now_ms(),
+            message: line,
+        });
+    }
+
+    /// One log record, as its frame carried it: one event whatever its newlines.
+    fn record(&mut self, message: String, timestamp_ms: i64) {
+        self.invocation_text.push_str(&message);
+        if !message.ends_with('\n') {
+            self.invocation_text.push('\n');
+        }
+        self.trim_invocation_text();
+        self.pending.push(LogEvent {
+            timestamp_ms,
+            message,
+        });
+    }
+
+    fn trim_invocation_text(&mut self) {
         if self.invocation_text.len() > KEPT_BYTES {
             let cut = self.invocation_text.len() - TAIL_BYTES;
             let cut = (cut..self.invocation_text.len())
@@ -120,25 +193,50 @@ impl Relay {
                 .unwrap_or(self.invocation_text.len());
             self.invocation_text.drain(..cut);
         }
-        self.pending.push(LogEvent {
-            timestamp_ms: now_ms(),
-            message: line,
-        });
     }
 
     fn output(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(offset) = self.partial[start..].iter().position(|b| *b == b'\n') {
-            let end = start + offset;
-            let line = &self.partial[start..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let text = String::from_utf8_lossy(line).into_owned();
-            self.line(text);
-            start = end + 1;
+        self.incoming.extend_from_slice(bytes);
+        let mut at = 0;
+        while at < self.incoming.len() {
+            let rest = &self.incoming[at..];
+            let Some(offset) = rest
+                .iter()
+                .position(|b| *b == b'\n' || *b == FRAME_PREFIX[0])
+            else {
+                self.partial.extend_from_slice(rest);
+                at = self.incoming.len();
+                break;
+            };
+            self.partial.extend_from_slice(&rest[..offset]);
+            at += offset;
+            if self.incoming[at] == b'\n' {
+                let line = std::mem::take(&mut self.partial);
+                let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                self.line(String::from_utf8_lossy(line).into_owned());
+                at += 1;
+                continue;
+            }
+            match frame_at(&self.incoming[at..]) {
+                Frame::Whole {
+                    message,
+                    timestamp_us,
+                    length,
+                } => {
+                    let message = String::from_utf8_lossy(message).into_owned();
+                    self.record(message, (timestamp_us / 1000) as i64);
+                    at += length;
+                }
+                // Wait for the rest of the frame (or of its header).
+                Frame::Incomplete => break,
+                Frame::Text => {
+                    self.partial.push(self.incoming[at]);
+                    at += 1;
+                }
+            }
         }
         // One move per read, not one per line.
-        self.partial.drain(..start);
+        self.incoming.drain(..at);
         if self.partial.len() > MAX_LINE_BYTES {
             let line = std::mem::take(&mut self.partial);
             self.line(String::from_utf8_lossy(&line).into_owned());
@@ -147,6 +245,9 @@ impl Relay {
 
     /// Output without a final newline still belongs to the invocation that wrote it.
     fn flush_partial(&mut self) {
+        // A frame cut short is text after all: its writer is gone or never finishes it.
+        let unfinished = std::mem::take(&mut self.incoming);
+        self.partial.extend_from_slice(&unfinished);
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(String::from_utf8_lossy(&line).into_owned());
@@ -225,6 +326,7 @@ impl LogRelay {
                     sink,
                     group,
                     stream,
+                    incoming: Vec::new(),
                     partial: Vec::new(),
                     invocation_text: String::new(),
                     pending: Vec::new(),
@@ -456,5 +558,91 @@ mod tests {
                 "background",
             ]
         );
+    }
+
+    fn frame(message: &str, timestamp_us: u64) -> Vec<u8> {
+        let mut frame = vec![0xa5, 0x5a, 0x00, 0x03];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&timestamp_us.to_be_bytes());
+        frame.extend_from_slice(message.as_bytes());
+        frame
+    }
+
+    fn relay_for_test() -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let store = lamina_logs::LogStore::open(&dir.path().join("logs.db")).unwrap();
+        Relay {
+            sink: store.sink(),
+            group: "group".into(),
+            stream: "stream".into(),
+            incoming: Vec::new(),
+            partial: Vec::new(),
+            invocation_text: String::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// A framed record is one event, newlines and all, in its place among printed lines,
+    /// wherever the reads cut it; bytes that only look like a frame's start are text.
+    #[test]
+    fn log_frames_are_one_event_each_among_the_printed_lines() {
+        let mut relay = relay_for_test();
+        let mut stream = b"printed\nhalf ".to_vec();
+        stream.extend(frame(
+            "[ERROR] boom\nTraceback (most recent call last):\n  line 1\n",
+            1_700_000_000_123_456,
+        ));
+        stream.extend_from_slice(b"line\n");
+        stream.extend(frame("{\"level\":\"INFO\"}", 5_000));
+        stream.extend_from_slice("price \u{a5}5\n".as_bytes()); // "¥" is c2 a5
+        stream.extend_from_slice(&[0xa5, 0x5a, 0x00, 0x03, 0xff, 0xff, 0xff, 0xff]);
+        stream.extend_from_slice(b"\n");
+        // Every split point, including inside headers and messages.
+        for cut in 0..stream.len() {
+            let mut relay_cut = relay_for_test();
+            relay_cut.output(&stream[..cut]);
+            relay_cut.output(&stream[cut..]);
+            let events: Vec<String> = relay_cut
+                .pending
+                .iter()
+                .map(|e| e.message.clone())
+                .collect();
+            assert_eq!(events.len(), 6, "cut at {cut}: {events:?}");
+        }
+        relay.output(&stream);
+        let events: Vec<(String, i64)> = relay
+            .pending
+            .iter()
+            .map(|e| (e.message.clone(), e.timestamp_ms))
+            .collect();
+        assert_eq!(events[0].0, "printed");
+        assert_eq!(
+            events[1],
+            (
+                "[ERROR] boom\nTraceback (most recent call last):\n  line 1\n".to_owned(),
+                1_700_000_000_123
+            )
+        );
+        assert_eq!(
+            events[2].0, "half line",
+            "the printed line continues around the frame"
+        );
+        assert_eq!(events[3], ("{\"level\":\"INFO\"}".to_owned(), 5));
+        assert_eq!(events[4].0, "price \u{a5}5");
+        assert_eq!(
+            events[5].0.len(),
+            "\u{fffd}Z\0\u{3}\u{fffd}\u{fffd}\u{fffd}\u{fffd}".len()
+        );
+        assert!(
+            relay
+                .invocation_text
+                .starts_with("printed\n[ERROR] boom\nTraceback")
+        );
+        // A frame cut short by the end of the output is text.
+        let mut relay = relay_for_test();
+        relay.output(&frame("never finished", 1)[..10]);
+        assert!(relay.pending.is_empty());
+        relay.flush_partial();
+        assert_eq!(relay.pending.len(), 1);
     }
 }

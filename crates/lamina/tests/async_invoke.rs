@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use aws_sdk_lambda::primitives::Blob;
@@ -64,46 +63,6 @@ async fn invoke_event(client: &aws_sdk_lambda::Client, name: &str, payload: Valu
         .await
         .expect("the event is accepted")
         .status_code()
-}
-
-/// Every log message of a function, oldest first, through the Logs API on the same port
-/// (FilterLogEvents, JSON 1.1; a plain HTTP/1.1 request keeps the test free of another SDK).
-fn log_messages(endpoint: &str, function: &str) -> Vec<String> {
-    let address = endpoint.trim_start_matches("http://");
-    let mut messages = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut request = json!({"logGroupName": format!("/aws/lambda/{function}")});
-        if let Some(token) = &token {
-            request["nextToken"] = json!(token);
-        }
-        let body = request.to_string();
-        let mut stream = std::net::TcpStream::connect(address).expect("connect to lamina");
-        write!(
-            stream,
-            "POST / HTTP/1.1\r\nHost: {address}\r\nX-Amz-Target: Logs_20140328.FilterLogEvents\r\n\
-             Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let Some((head, json_body)) = response.split_once("\r\n\r\n") else {
-            return messages;
-        };
-        if !head.starts_with("HTTP/1.1 200") {
-            return messages; // no log group yet
-        }
-        let page: Value = serde_json::from_str(json_body).expect("FilterLogEvents answers JSON");
-        for event in page["events"].as_array().into_iter().flatten() {
-            messages.push(event["message"].as_str().unwrap_or_default().to_owned());
-        }
-        match page["nextToken"].as_str() {
-            Some(next) if Some(next) != token.as_deref() => token = Some(next.to_owned()),
-            _ => return messages,
-        }
-    }
 }
 
 /// The events a function received, as JSON.

@@ -58,6 +58,7 @@ public class Hello implements RequestHandler<Hello.Person, Hello.Greeting> {
         invocations += 1;
         LambdaLogger logger = context.getLogger();
         logger.log("greeting " + person.name);
+        logger.log("one call\nseveral lines");
         System.out.println("from System.out");
         return new Greeting("Hello, " + person.name + "!", invocations, context.getAwsRequestId(),
                 person.age >= 18, person.tags);
@@ -327,6 +328,21 @@ async fn a_request_handler_binds_a_pojo_logs_and_keeps_its_state_warm() {
         .find("from System.out\n")
         .expect("System.out line");
     assert!(logged < end && printed < end, "{}", first.log);
+
+    // Each LambdaLogger.log call is one log event, as AWS's framed log sink makes it.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = log_messages(&server.endpoint, "hello");
+        if events.iter().any(|e| e.starts_with("one call")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        events.iter().any(|e| e == "one call\nseveral lines"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "from System.out"), "{events:?}");
 
     let second = invoke_tail(&client, "hello", event).await;
     assert_eq!(second.payload["invocations"], 2, "{}", second.log);
@@ -620,14 +636,11 @@ async fn records_bind_in_and_out_on_java_17_and_later() {
         eprintln!("\n*** SKIPPED: no javac on this machine ***\n");
         return;
     };
-    let runtime = available_runtimes("java")
-        .into_iter()
-        .filter(|r| {
-            r.trim_start_matches("java")
-                .parse::<u32>()
-                .is_ok_and(|v| v >= 17)
-        })
-        .next_back();
+    let runtime = available_runtimes("java").into_iter().rfind(|r| {
+        r.trim_start_matches("java")
+            .parse::<u32>()
+            .is_ok_and(|v| v >= 17)
+    });
     let Some(runtime) = runtime else {
         eprintln!("\n*** SKIPPED: no Java 17 or later runtime on this machine ***\n");
         return;

@@ -19,6 +19,19 @@ fn version_of(runtime: &str) -> &str {
     runtime.trim_start_matches("python")
 }
 
+/// The first log event of `function` that starts with `prefix`, through the Logs API
+/// (events reach the store shortly after the invocation answers).
+async fn log_event(server: &LaminaServer, function: &str, prefix: &str) -> String {
+    for _ in 0..100 {
+        let events = log_messages(&server.endpoint, function);
+        if let Some(event) = events.into_iter().find(|m| m.starts_with(prefix)) {
+            return event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no event of {function} starts with {prefix:?}");
+}
+
 /// The request id from a log's START line.
 fn request_id(log: &str) -> &str {
     log.lines()
@@ -289,17 +302,15 @@ async fn errors_and_results_are_shaped_as_the_python_runtime_shapes_them() {
         trace[1],
         "  File \"/var/task/app.py\", line 5, in inner\n    raise ValueError(\"something broke\")\n"
     );
-    // The log has the error as one event: lines joined by \r, indentation as NBSP.
-    let line = failed
-        .log
-        .lines()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("no [ERROR] line in {}", failed.log));
+    // The log has the error as one event: its lines joined by newlines in one frame, as
+    // AWS's framed log sink writes it, indentation as NBSP.
+    let error_record = "[ERROR] ValueError: something broke\nTraceback (most recent call last):\n\u{a0}\u{a0}File \"/var/task/app.py\", line 9, in fails\n";
+    assert!(failed.log.contains(error_record), "{:?}", failed.log);
+    let event = log_event(&server, "fails", "[ERROR] ValueError").await;
+    assert!(event.starts_with(error_record), "{event:?}");
     assert!(
-        line.starts_with(
-            "[ERROR] ValueError: something broke\rTraceback (most recent call last):\r\u{a0}\u{a0}File \"/var/task/app.py\", line 9, in fails\r"
-        ),
-        "{line:?}"
+        event.contains("raise ValueError"),
+        "one event holds the whole trace: {event:?}"
     );
 
     let marshal = invoke_tail(&client, "unserialisable", json!({})).await;
@@ -1030,4 +1041,37 @@ async fn zygote_off_execs_every_cold_start() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+}
+
+/// A multi-line logging record is one log event, as on Lambda (AWS's runtime frames each
+/// record), while print()'s lines stay one event each.
+#[tokio::test]
+async fn a_multi_line_log_record_is_one_event() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    let runtime = python();
+    let code = b"import json\nimport logging\nlogger = logging.getLogger()\nlogger.setLevel(logging.INFO)\n\n\ndef handler(event, context):\n    print('printed one')\n    logger.info('record %s', json.dumps({'a': 1, 'b': [1, 2]}, indent=2))\n    print('printed two\\nprinted three')\n    return 'ok'\n";
+    create_managed(
+        &client,
+        "multiline",
+        &runtime,
+        "app.handler",
+        zip_of(&[("app.py", code, 0o644)]),
+    )
+    .await;
+    let answer = invoke_tail(&client, "multiline", json!({})).await;
+    assert_eq!(answer.payload, json!("ok"), "{}", answer.log);
+    let record = log_event(&server, "multiline", "[INFO]").await;
+    assert!(
+        record.ends_with("\trecord {\n  \"a\": 1,\n  \"b\": [\n    1,\n    2\n  ]\n}\n"),
+        "{record:?}"
+    );
+    let events = log_messages(&server.endpoint, "multiline");
+    for printed in ["printed one", "printed two", "printed three"] {
+        assert!(events.iter().any(|e| e == printed), "{printed}: {events:?}");
+    }
+    // In the order they were written.
+    let position = |p: &str| events.iter().position(|e| e.starts_with(p)).unwrap();
+    assert!(position("printed one") < position("[INFO]"));
+    assert!(position("[INFO]") < position("printed two"));
 }

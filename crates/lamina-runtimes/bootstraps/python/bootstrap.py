@@ -28,6 +28,8 @@ Behaviour that AWS clients and functions rely on, as the official runtime has it
   `[LEVEL]\\tTIMESTAMP\\tREQUEST_ID\\tmessage` (or the JSON format when
   AWS_LAMBDA_LOG_FORMAT=JSON) the moment logging is first imported, so that
   logging.basicConfig is the no-op it is on Lambda; print() output is unbuffered.
+- each log record (and each error the runtime logs) is one log event, however many lines
+  it has: it is written as one frame of AWS's telemetry framing (see _log_frame).
 """
 
 import os
@@ -502,9 +504,11 @@ def _setup_logging(logging):
     logging.Formatter.converter = time.gmtime
     root = logging.getLogger()
 
+    frame_type = _JSON_FRAME if _LOG_FORMAT_JSON else _TEXT_FRAME
+
     class LambdaLoggerHandler(logging.Handler):
         def emit(self, record):
-            sys.stdout.write(self.format(record))
+            _log_frame(self.format(record), frame_type)
 
     class LambdaLoggerFilter(logging.Filter):
         def filter(self, record):
@@ -596,6 +600,26 @@ class _LoggingImportHook:
         return spec
 
 
+# Log records go out as frames, as AWS's runtime writes them to its telemetry descriptor
+# (FramedTelemetryLogSink: type, big-endian length, big-endian microseconds, message), so a
+# multi-line record is one log event. Lamina reads them from the stdout pipe, between the
+# lines print() writes, so both keep their order.
+_TEXT_FRAME = b"\xa5\x5a\x00\x03"
+_JSON_FRAME = b"\xa5\x5a\x00\x02"
+
+
+def _log_frame(message, frame_type):
+    data = message.encode("utf-8", "replace")
+    frame = memoryview(
+        frame_type
+        + len(data).to_bytes(4, "big")
+        + (time.time_ns() // 1000).to_bytes(8, "big")
+        + data
+    )
+    while frame:
+        frame = frame[os.write(1, frame) :]
+
+
 def _replace_line_indentation(line, indent_char, new_indent_char):
     count = 0
     for c in line:
@@ -633,8 +657,8 @@ def _log_error(error):
                 else:
                     for line in element.splitlines():
                         lines.append(_replace_line_indentation(line, " ", _NBSP))
-    # One log event: the lines are joined with carriage returns, as on Lambda.
-    sys.stdout.write("\r".join(lines) + "\n")
+    # One log event, its lines joined as AWS's framed log sink joins them.
+    _log_frame("\n".join(lines), _JSON_FRAME if _LOG_FORMAT_JSON else _TEXT_FRAME)
 
 
 # ---------------------------------------------------------------------------------------
