@@ -28,6 +28,12 @@ use crate::{BoxFuture, EventQueue, QueueError, QueuedEvent, now_ms};
 /// The most commands one transaction applies.
 pub const MAX_BATCH: usize = 4096;
 
+/// How many payload bytes of waiting events are kept in memory. Beyond it a waiting
+/// event keeps only its metadata and its payload is read back from the database when it
+/// is dispatched, so a backlog of large events (up to 1 MB each, for hours of retries)
+/// costs disk, not the server's memory.
+pub const RESIDENT_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+
 enum Command {
     Enqueue(QueuedEvent, oneshot::Sender<Result<(), QueueError>>),
     Ack(String),
@@ -42,16 +48,25 @@ enum Command {
 
 #[derive(Debug, Default)]
 struct Schedule {
-    ready: VecDeque<QueuedEvent>,
+    ready: VecDeque<Entry>,
     delayed: BinaryHeap<Reverse<Delayed>>,
+    /// Payload bytes held by the entries above.
+    resident_bytes: usize,
+}
+
+/// A waiting event; without its payload when that stayed on disk.
+#[derive(Debug)]
+struct Entry {
+    event: QueuedEvent,
+    payload_on_disk: bool,
 }
 
 #[derive(Debug)]
-struct Delayed(QueuedEvent);
+struct Delayed(Entry);
 
 impl PartialEq for Delayed {
     fn eq(&self, other: &Self) -> bool {
-        self.0.due_at_ms == other.0.due_at_ms
+        self.0.event.due_at_ms == other.0.event.due_at_ms
     }
 }
 impl Eq for Delayed {}
@@ -62,48 +77,82 @@ impl PartialOrd for Delayed {
 }
 impl Ord for Delayed {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.due_at_ms.cmp(&other.0.due_at_ms)
+        self.0.event.due_at_ms.cmp(&other.0.event.due_at_ms)
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scheduler {
     schedule: Mutex<Schedule>,
     wake: Notify,
+    resident_budget: usize,
 }
 
 impl Scheduler {
-    fn push(&self, event: QueuedEvent) {
+    fn new(resident_budget: usize) -> Scheduler {
+        Scheduler {
+            schedule: Mutex::default(),
+            wake: Notify::new(),
+            resident_budget,
+        }
+    }
+
+    /// Schedules a stored event, keeping its payload in memory while the budget allows.
+    fn push(&self, mut event: QueuedEvent) {
         {
             let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-            if event.due_at_ms <= now_ms() {
-                schedule.ready.push_back(event);
+            let size = event.payload.len();
+            let payload_on_disk = schedule.resident_bytes + size > self.resident_budget;
+            if payload_on_disk {
+                event.payload = Bytes::new();
             } else {
-                schedule.delayed.push(Reverse(Delayed(event)));
+                schedule.resident_bytes += size;
+            }
+            let entry = Entry {
+                event,
+                payload_on_disk,
+            };
+            if entry.event.due_at_ms <= now_ms() {
+                schedule.ready.push_back(entry);
+            } else {
+                schedule.delayed.push(Reverse(Delayed(entry)));
             }
         }
         self.wake.notify_one();
     }
 
+    /// Schedules again an event whose payload stayed on disk.
+    fn push_stripped(&self, event: QueuedEvent) {
+        let entry = Entry {
+            event,
+            payload_on_disk: true,
+        };
+        {
+            let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            schedule.delayed.push(Reverse(Delayed(entry)));
+        }
+        self.wake.notify_one();
+    }
+
     /// A due event, or how long until the earliest delayed one is due.
-    fn take(&self) -> Result<QueuedEvent, Option<Duration>> {
+    fn take(&self) -> Result<Entry, Option<Duration>> {
         let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         while schedule
             .delayed
             .peek()
-            .is_some_and(|Reverse(Delayed(e))| e.due_at_ms <= now)
+            .is_some_and(|Reverse(Delayed(e))| e.event.due_at_ms <= now)
         {
-            let Reverse(Delayed(event)) = schedule.delayed.pop().expect("peeked");
-            schedule.ready.push_back(event);
+            let Reverse(Delayed(entry)) = schedule.delayed.pop().expect("peeked");
+            schedule.ready.push_back(entry);
         }
-        if let Some(event) = schedule.ready.pop_front() {
-            return Ok(event);
+        if let Some(entry) = schedule.ready.pop_front() {
+            schedule.resident_bytes -= entry.event.payload.len();
+            return Ok(entry);
         }
-        Err(schedule
-            .delayed
-            .peek()
-            .map(|Reverse(Delayed(e))| Duration::from_millis((e.due_at_ms - now).max(1) as u64)))
+        Err(schedule.delayed.peek().map(|Reverse(Delayed(e))| {
+            Duration::from_millis((e.event.due_at_ms - now).max(1) as u64)
+        }))
     }
 }
 
@@ -114,6 +163,9 @@ pub struct SqliteQueue {
     scheduler: Arc<Scheduler>,
     stored: Arc<AtomicUsize>,
     path: PathBuf,
+    /// Reads back payloads that were not kept in memory (WAL: reads do not wait for the
+    /// writer).
+    reader: Arc<Mutex<Connection>>,
 }
 
 fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
@@ -154,8 +206,17 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, QueueError> {
 impl SqliteQueue {
     /// Opens (or creates) the queue at `path` and schedules every event stored there.
     pub fn open(path: &Path) -> Result<SqliteQueue, QueueError> {
+        SqliteQueue::open_with_resident_payloads(path, RESIDENT_PAYLOAD_BYTES)
+    }
+
+    /// [`SqliteQueue::open`] keeping at most `resident_bytes` of waiting payloads in memory.
+    pub fn open_with_resident_payloads(
+        path: &Path,
+        resident_bytes: usize,
+    ) -> Result<SqliteQueue, QueueError> {
         let connection = open_connection(path)?;
-        let scheduler = Arc::new(Scheduler::default());
+        let reader = Arc::new(Mutex::new(open_connection(path)?));
+        let scheduler = Arc::new(Scheduler::new(resident_bytes));
         let mut recovered = 0usize;
         {
             let mut statement = connection
@@ -214,7 +275,17 @@ impl SqliteQueue {
             scheduler,
             stored,
             path: path.to_owned(),
+            reader,
         })
+    }
+
+    /// Reads an event's payload back from the database (blocking).
+    fn load_payload(reader: &Mutex<Connection>, id: &str) -> Result<Bytes, rusqlite::Error> {
+        let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+        let payload: Vec<u8> = reader
+            .prepare_cached("SELECT payload FROM events WHERE id = ?1")?
+            .query_row(params![id], |row| row.get(0))?;
+        Ok(Bytes::from(payload))
     }
 
     pub fn path(&self) -> &Path {
@@ -333,7 +404,31 @@ impl EventQueue for SqliteQueue {
         Box::pin(async move {
             loop {
                 match self.scheduler.take() {
-                    Ok(event) => return event,
+                    Ok(Entry {
+                        event,
+                        payload_on_disk: false,
+                    }) => return event,
+                    Ok(Entry { mut event, .. }) => {
+                        let reader = self.reader.clone();
+                        let id = event.id.clone();
+                        let loaded = tokio::task::spawn_blocking(move || {
+                            SqliteQueue::load_payload(&reader, &id)
+                        })
+                        .await;
+                        match loaded {
+                            Ok(Ok(payload)) => {
+                                event.payload = payload;
+                                return event;
+                            }
+                            failed => {
+                                // Stored (the lease keeps it so) but unreadable now: try
+                                // again in a second rather than run it without its payload.
+                                tracing::error!(event = %event.id, path = %self.path.display(), error = ?failed.map(|r| r.err()), "cannot read a queued event's payload; retrying in 1 s");
+                                event.due_at_ms = now_ms() + 1000;
+                                self.scheduler.push_stripped(event);
+                            }
+                        }
+                    }
                     Err(None) => self.scheduler.wake.notified().await,
                     Err(Some(wait)) => {
                         let _ = tokio::time::timeout(wait, self.scheduler.wake.notified()).await;
@@ -418,5 +513,65 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 2000);
+    }
+
+    /// Beyond the memory budget, waiting events keep only their metadata: their payloads
+    /// come back from the database when they are dispatched, whole and in order, also
+    /// after a restart and after a retry.
+    #[tokio::test]
+    async fn payloads_beyond_the_memory_budget_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let payload =
+            |i: usize| Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)));
+        let queue = SqliteQueue::open_with_resident_payloads(&path, 250).unwrap();
+        for i in 0..10 {
+            let mut e = event(&format!("e{i}"));
+            e.payload = payload(i);
+            e.enqueued_at_ms += i as i64;
+            queue.enqueue(e).await.unwrap();
+        }
+        {
+            let schedule = queue.scheduler.schedule.lock().unwrap();
+            assert!(
+                schedule.resident_bytes <= 250,
+                "{}",
+                schedule.resident_bytes
+            );
+            assert_eq!(
+                schedule.ready.iter().filter(|e| e.payload_on_disk).count(),
+                8,
+                "two payloads fit in 250 bytes"
+            );
+        }
+        for i in 0..5 {
+            let got = queue.next_due().await;
+            assert_eq!(
+                (got.id.as_str(), &got.payload),
+                (format!("e{i}").as_str(), &payload(i))
+            );
+            if i == 4 {
+                // A retry keeps the payload (in memory or on disk).
+                let mut again = got;
+                again.attempts = 1;
+                queue.retry_at(again, true);
+            } else {
+                queue.ack(&got.id);
+            }
+        }
+        queue.flush().await;
+        drop(queue);
+        // After a restart: the unacknowledged ones, payloads intact.
+        let queue = SqliteQueue::open_with_resident_payloads(&path, 250).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let got = queue.next_due().await;
+            let n: usize = got.id[1..].parse().unwrap();
+            assert_eq!(got.payload, payload(n), "{}", got.id);
+            seen.push(n);
+        }
+        seen.sort();
+        assert_eq!(seen, [4, 5, 6, 7, 8, 9]);
+        assert_eq!(queue.scheduler.schedule.lock().unwrap().resident_bytes, 0);
     }
 }
