@@ -449,9 +449,49 @@ function tryRequireFile(file, extension) {
   return fs.existsSync(target) ? userRequire(target) : undefined;
 }
 
+/**
+ * Whether an ES module handler may be loaded with require() rather than import(). The
+ * official client imports it; `require(esm)` evaluates the same module (same namespace,
+ * same errors: SyntaxError, ERR_MODULE_NOT_FOUND, the module's own exceptions) but
+ * synchronously, without the asynchronous half of the ES module loader (fs/promises,
+ * readline, the async module job), which is ~7 ms of a cold start. Only where it is on
+ * by default and silent (Node.js 20.19+, 22.13+, 23.5+: earlier versions print an
+ * ExperimentalWarning) and nothing is preloaded: module customization hooks
+ * (`--import`, `--loader`, `module.register()` from a `--require`d file, as tracing
+ * agents install) apply to import() only.
+ */
+const requireEsm = (() => {
+  if (process.features.require_module !== true) {
+    return false;
+  }
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  const quiet =
+    major === 20 ? minor >= 19 : major === 22 ? minor >= 13 : major === 23 ? minor >= 5 : major > 23;
+  const options = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`;
+  return (
+    quiet &&
+    !/(^|\s)(-r|--require|--import|--loader|--experimental-loader|--trace-require-module)(=|\s|$)/.test(
+      options,
+    )
+  );
+})();
+
 async function tryAwaitImport(file, extension) {
   const target = file + (extension || '');
-  return fs.existsSync(target) ? await import(target) : undefined;
+  if (!fs.existsSync(target)) {
+    return undefined;
+  }
+  if (requireEsm) {
+    try {
+      return userRequire(target);
+    } catch (e) {
+      // A graph with top-level await: refused before anything is evaluated.
+      if (e?.code !== 'ERR_REQUIRE_ASYNC_MODULE') {
+        throw e;
+      }
+    }
+  }
+  return await import(target);
 }
 
 function folderHasTypeModule(folder) {
