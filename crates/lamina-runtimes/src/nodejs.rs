@@ -1,6 +1,11 @@
 //! Node.js: Lamina's bootstrap (`bootstraps/nodejs/index.js`) and the command line AWS's
 //! runtime starts node with: heap limits from the function's memory (unless NODE_OPTIONS
 //! sets them), `--expose-gc`, `--max-http-header-size 81920`, and NODE_PATH.
+//!
+//! The command line is AWS's to the letter (`process.execArgv` shows it), although those
+//! V8 flags make V8 reject node's built-in code cache: the bootstrap sets them back to
+//! V8's defaults while init runs and restores them afterwards (see the top of index.js),
+//! which keeps the heap they sized and the `gc` they installed.
 
 use std::path::Path;
 

@@ -20,7 +20,9 @@
  *   honouring AWS_LAMBDA_LOG_LEVEL.
  *
  * For a short cold start it is a CommonJS script (an ES module entry point costs the ES
- * module loader, ~9 ms of CPU, which only ES module handlers need), and it speaks the
+ * module loader, ~9 ms of CPU, which only ES module handlers need, and those load through
+ * require(esm) where node allows it), it keeps node's built-in code cache usable by
+ * relaxing AWS's V8 flags while init runs (below), and it speaks the
  * Runtime API over one keep-alive TCP connection by hand (no `http` module). The socket
  * is unreferenced whenever no request is in flight, so that "the event loop is empty"
  * means what it means on Lambda. Handlers are required through a `require` rooted at
