@@ -50,7 +50,8 @@
 // `process.binding('v8')` is the `setFlagsFromString` that does not load `v8` (which
 // loads the streams before the flags are relaxed); its deprecation warning is AWS's
 // runtime's business, not the function's, so it is silenced.
-const relaxedV8Flags = (() => {
+/** Sets the relaxed flags back to AWS's values; null when nothing was relaxed. */
+const restoreV8Flags = (() => {
   const ours = /^--(expose[-_]gc|max[-_]semi[-_]space[-_]size=\d+|max[-_]old[-_]space[-_]size=\d+)$/;
   const given = process.execArgv.filter((arg) => ours.test(arg));
   if (given.length === 0) {
@@ -795,7 +796,8 @@ async function run() {
   let handler;
   try {
     handler = await loadHandler(process.cwd(), process.env._HANDLER ?? '');
-    relaxedV8Flags?.();
+    // Init is over (after a failed one the runtime exits).
+    restoreV8Flags?.();
   } catch (error) {
     // As the official runtime reports a failed load: an uncaught exception during init.
     structuredConsole.logError('Uncaught Exception', error);
