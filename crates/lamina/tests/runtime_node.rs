@@ -184,6 +184,79 @@ async fn the_context_carries_every_field_the_node_runtime_gives() {
     }
 }
 
+/// Reports the heap limit and `gc` at init, during an invocation, in a Worker started by
+/// the invocation and in a new vm context.
+const HEAP: &str = r#"const v8 = require('node:v8');
+const vm = require('node:vm');
+const { Worker } = require('node:worker_threads');
+const probe = () => ({ heap: v8.getHeapStatistics().heap_size_limit, gc: typeof gc });
+const atInit = probe();
+const inWorker = () =>
+  new Promise((resolve, reject) => {
+    const worker = new Worker(
+      "require('node:worker_threads').parentPort.postMessage({ heap: require('node:v8').getHeapStatistics().heap_size_limit, gc: typeof gc })",
+      { eval: true },
+    );
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+exports.handler = async () => {
+  gc();
+  return { atInit, now: probe(), worker: await inWorker(), vm: vm.runInNewContext('typeof gc') };
+};
+"#;
+
+/// The heap limit and `gc` are what AWS's command line makes them (`--expose-gc`,
+/// `--max-semi-space-size`, `--max-old-space-size` from the memory size), although the
+/// bootstrap relaxes those V8 flags while init runs (so that node's code cache is used),
+/// and that relaxing prints nothing.
+#[tokio::test]
+async fn the_heap_limit_and_gc_are_as_the_node_runtime_sets_them() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    let runtime = node();
+    let node = host_runtimes()
+        .iter()
+        .find(|r| r["runtime"] == runtime.as_str())
+        .and_then(|r| r["interpreter"]["executable"].as_str())
+        .expect("the runtime's interpreter")
+        .to_owned();
+    for memory in [1769, 512] {
+        let name = format!("heap-{memory}");
+        create_managed_with(
+            &client,
+            &name,
+            &runtime,
+            "index.handler",
+            zip_of(&[("index.js", HEAP.as_bytes(), 0o644)]),
+            |b| b.memory_size(memory),
+        )
+        .await;
+        let got = invoke_tail(&client, &name, json!({})).await;
+        assert_eq!(got.function_error, None, "{}\n{}", got.payload, got.log);
+        // The same flags given to the same node outside Lamina.
+        let young = memory / 10;
+        let output = std::process::Command::new(&node)
+            .arg(format!("--max-semi-space-size={}", young / 2))
+            .arg(format!("--max-old-space-size={}", memory - young))
+            .args(["-p", "require('v8').getHeapStatistics().heap_size_limit"])
+            .env_clear()
+            .output()
+            .expect("node runs");
+        let expected: u64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        let reported = json!({"heap": expected, "gc": "function"});
+        assert_eq!(got.payload["atInit"], reported, "{memory} MB");
+        assert_eq!(got.payload["now"], reported, "{memory} MB");
+        assert_eq!(got.payload["worker"], reported, "{memory} MB");
+        assert_eq!(got.payload["vm"], "function", "{memory} MB");
+        let logs = logs_of(&server, &name).await;
+        assert!(!logs.contains("Warning"), "{logs}");
+    }
+}
+
 #[tokio::test]
 async fn commonjs_es_module_and_callback_handlers_all_answer() {
     let server = LaminaServer::start();
@@ -220,6 +293,17 @@ async fn commonjs_es_module_and_callback_handlers_all_answer() {
             b"export async function handler(event) { return { via: 'type module', event }; }\n",
             0o644,
         ),
+        // ES modules with top-level await (import()) and with a default export.
+        (
+            "tla.mjs",
+            b"const via = await Promise.resolve('top-level await');\nexport const handler = async () => ({ via });\n",
+            0o644,
+        ),
+        (
+            "default.mjs",
+            b"export default async () => 'default export';\nexport const named = async () => 'named';\n",
+            0o644,
+        ),
         // A nested export path.
         (
             "nested.js",
@@ -238,6 +322,9 @@ async fn commonjs_es_module_and_callback_handlers_all_answer() {
             json!({"via": "type module", "event": {"x": 1}}),
         ),
         ("nested", "nested.handlers.deep", json!("deep")),
+        ("tla", "tla.handler", json!({"via": "top-level await"})),
+        ("default", "default.default", json!("default export")),
+        ("named", "default.named", json!("named")),
     ];
     for (name, handler, _) in &cases {
         create_managed(&client, name, &runtime, handler, zip.clone()).await;
@@ -317,6 +404,14 @@ async fn errors_are_shaped_as_the_node_runtime_shapes_them() {
         ),
         ("syntax.js", b"exports.handler = async () => {\n", 0o644),
         ("throws.js", b"throw new RangeError('at init');\n", 0o644),
+        // The same failures in ES modules (loaded by require(esm) or import()).
+        ("esmsyntax.mjs", b"export const handler = async () => {\n", 0o644),
+        (
+            "esmimport.mjs",
+            b"import x from 'not-a-package';\nexport const handler = async () => x;\n",
+            0o644,
+        ),
+        ("esmthrows.mjs", b"throw new RangeError('esm at init');\n", 0o644),
     ]);
     let invoke_cases = [
         ("thrown", "index.thrown", "TypeError", "bad input"),
@@ -366,6 +461,24 @@ async fn errors_are_shaped_as_the_node_runtime_shapes_them() {
             "SyntaxError: Unexpected end of input",
         ),
         ("throws", "throws.handler", "RangeError", "at init"),
+        (
+            "esm-syntax",
+            "esmsyntax.handler",
+            "Runtime.UserCodeSyntaxError",
+            "SyntaxError: Unexpected end of input",
+        ),
+        (
+            "esm-import",
+            "esmimport.handler",
+            "Error",
+            "Cannot find package 'not-a-package' imported from /var/task/esmimport.mjs",
+        ),
+        (
+            "esm-throws",
+            "esmthrows.handler",
+            "RangeError",
+            "esm at init",
+        ),
     ];
     for (name, handler, _, _) in invoke_cases.iter().chain(init_cases.iter()) {
         create_managed(&client, name, &runtime, handler, zip.clone()).await;

@@ -20,7 +20,9 @@
  *   honouring AWS_LAMBDA_LOG_LEVEL.
  *
  * For a short cold start it is a CommonJS script (an ES module entry point costs the ES
- * module loader, ~9 ms of CPU, which only ES module handlers need), and it speaks the
+ * module loader, ~9 ms of CPU, which only ES module handlers need, and those load through
+ * require(esm) where node allows it), it keeps node's built-in code cache usable by
+ * relaxing AWS's V8 flags while init runs (below), and it speaks the
  * Runtime API over one keep-alive TCP connection by hand (no `http` module). The socket
  * is unreferenced whenever no request is in flight, so that "the event loop is empty"
  * means what it means on Lambda. Handlers are required through a `require` rooted at
@@ -30,13 +32,53 @@
 
 'use strict';
 
+// ---------------------------------------------------------------------------------------
+// V8 flags during init.
+//
+// Node compiles its built-in modules (`net`, `stream`, `http`, `crypto`, the ES module
+// loader, ...) from a code cache embedded in the binary, which V8 accepts only when the
+// hash of the non-default V8 flags is the one the cache was built with: any flag on the
+// command line — AWS's `--expose-gc` and heap limits among them — makes V8 reject it,
+// and every built-in loaded after start is compiled from source (`net` and its streams:
+// 18 ms instead of 5 ms here). The flags have done their work by the time this script
+// runs: the heap was sized from them when the isolate was created, and `gc` was installed
+// on the global object. So they are set back to V8's defaults while the runtime and the
+// function's module load (heap_size_limit and `gc` stay as AWS's flags made them), and
+// restored once init is over, so that what the flags govern later — the heap of a Worker
+// started by an invocation, `gc` in a new vm context — is as on Lambda. (A Worker
+// started while the function's module loads gets V8's default heap size instead.)
+// `process.binding('v8')` is the `setFlagsFromString` that does not load `v8` (which
+// loads the streams before the flags are relaxed); its deprecation warning is AWS's
+// runtime's business, not the function's, so it is silenced.
+/** Sets the relaxed flags back to AWS's values; null when nothing was relaxed. */
+const restoreV8Flags = (() => {
+  const ours = /^--(expose[-_]gc|max[-_]semi[-_]space[-_]size=\d+|max[-_]old[-_]space[-_]size=\d+)$/;
+  const given = process.execArgv.filter((arg) => ours.test(arg));
+  if (given.length === 0) {
+    return null;
+  }
+  const noDeprecation = process.noDeprecation;
+  try {
+    process.noDeprecation = true;
+    const { setFlagsFromString } = process.binding('v8');
+    const set = (flags) => setFlagsFromString(flags.join(' '));
+    set(given.map((flag) => (flag.includes('=') ? flag.replace(/=\d+$/, '=0') : '--no-expose-gc')));
+    return () => set(given);
+  } catch (_) {
+    return null;
+  } finally {
+    process.noDeprecation = noDeprecation;
+  }
+})();
+
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
 const util = require('node:util');
-const { createRequire } = require('node:module');
 
-const userRequire = createRequire(path.join(__dirname, 'index.mjs'));
+// `module.constructor` is the CommonJS loader's Module; `require('node:module')` would
+// also load the ES module loader and source maps (~2 ms).
+const userRequire = module.constructor.createRequire(path.join(__dirname, 'index.mjs'));
 
 // ---------------------------------------------------------------------------------------
 // Errors, shaped as the official client shapes them.
@@ -410,9 +452,49 @@ function tryRequireFile(file, extension) {
   return fs.existsSync(target) ? userRequire(target) : undefined;
 }
 
+/**
+ * Whether an ES module handler may be loaded with require() rather than import(). The
+ * official client imports it; `require(esm)` evaluates the same module (same namespace,
+ * same errors: SyntaxError, ERR_MODULE_NOT_FOUND, the module's own exceptions) but
+ * synchronously, without the asynchronous half of the ES module loader (fs/promises,
+ * readline, the async module job), which is ~7 ms of a cold start. Only where it is on
+ * by default and silent (Node.js 20.19+, 22.13+, 23.5+: earlier versions print an
+ * ExperimentalWarning) and nothing is preloaded: module customization hooks
+ * (`--import`, `--loader`, `module.register()` from a `--require`d file, as tracing
+ * agents install) apply to import() only.
+ */
+const requireEsm = (() => {
+  if (process.features.require_module !== true) {
+    return false;
+  }
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  const quiet =
+    major === 20 ? minor >= 19 : major === 22 ? minor >= 13 : major === 23 ? minor >= 5 : major > 23;
+  const options = `${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`;
+  return (
+    quiet &&
+    !/(^|\s)(-r|--require|--import|--loader|--experimental-loader|--trace-require-module)(=|\s|$)/.test(
+      options,
+    )
+  );
+})();
+
 async function tryAwaitImport(file, extension) {
   const target = file + (extension || '');
-  return fs.existsSync(target) ? await import(target) : undefined;
+  if (!fs.existsSync(target)) {
+    return undefined;
+  }
+  if (requireEsm) {
+    try {
+      return userRequire(target);
+    } catch (e) {
+      // A graph with top-level await: refused before anything is evaluated.
+      if (e?.code !== 'ERR_REQUIRE_ASYNC_MODULE') {
+        throw e;
+      }
+    }
+  }
+  return await import(target);
 }
 
 function folderHasTypeModule(folder) {
@@ -714,6 +796,8 @@ async function run() {
   let handler;
   try {
     handler = await loadHandler(process.cwd(), process.env._HANDLER ?? '');
+    // Init is over (after a failed one the runtime exits).
+    restoreV8Flags?.();
   } catch (error) {
     // As the official runtime reports a failed load: an uncaught exception during init.
     structuredConsole.logError('Uncaught Exception', error);
