@@ -652,3 +652,54 @@ async fn every_available_node_version_runs_a_function() {
         );
     }
 }
+
+/// Each console call is one log event however many lines it has, newlines kept (AWS's
+/// runtime frames each call), while process.stdout's lines stay one event each.
+#[tokio::test]
+async fn a_multi_line_console_call_is_one_event() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    let runtime = node();
+    let code = b"exports.handler = async () => {\n  process.stdout.write('printed one\\n');\n  console.log(JSON.stringify({ a: 1, b: [1, 2] }, null, 2));\n  console.error(new Error('with a stack'));\n  process.stdout.write('printed two\\nprinted three\\n');\n  return 1;\n};\n";
+    create_managed(
+        &client,
+        "multiline",
+        &runtime,
+        "index.handler",
+        zip_of(&[("index.js", code, 0o644)]),
+    )
+    .await;
+    let got = invoke_tail(&client, "multiline", json!({})).await;
+    assert_eq!(got.payload, json!(1), "{}", got.log);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = log_messages(&server.endpoint, "multiline");
+        if events.iter().any(|e| e.starts_with("printed three")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let info = events
+        .iter()
+        .find(|e| e.contains("\tINFO\t"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(
+        info.ends_with("\tINFO\t{\n  \"a\": 1,\n  \"b\": [\n    1,\n    2\n  ]\n}\n"),
+        "{info:?}"
+    );
+    let error = events
+        .iter()
+        .find(|e| e.contains("\tERROR\t"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert!(
+        error.contains("Error: with a stack\n    at "),
+        "the stack stays in the event: {error:?}"
+    );
+    let position = |p: &str| events.iter().position(|e| e.starts_with(p)).unwrap();
+    assert!(position("printed one") < position("printed two"));
+    for printed in ["printed one", "printed two", "printed three"] {
+        assert!(events.iter().any(|e| e == printed), "{printed}: {events:?}");
+    }
+    let info_at = events.iter().position(|e| e.contains("\tINFO\t")).unwrap();
+    assert!(position("printed one") < info_at && info_at < position("printed two"));
+}

@@ -17,7 +17,8 @@
  *   loop has emptied; `context.succeed/fail/done` answer at once.
  * - errors answer {"errorType", "errorMessage", "trace"}; console.* writes
  *   `TIMESTAMP\tREQUEST_ID\tLEVEL\tmessage` (or JSON with AWS_LAMBDA_LOG_FORMAT=JSON),
- *   honouring AWS_LAMBDA_LOG_LEVEL.
+ *   honouring AWS_LAMBDA_LOG_LEVEL, each call one log event however many lines it has
+ *   (a frame, see writeFrame).
  *
  * For a short cold start it is a CommonJS script (an ES module entry point costs the ES
  * module loader, ~9 ms of CPU, which only ES module handlers need, and those load through
@@ -231,25 +232,43 @@ function formatJsonMessage(requestId, timestamp, level, tenantId, ...messagePara
   return JSON.stringify(result);
 }
 
+// Each console call is one frame of the framing AWS's runtime writes to its telemetry
+// descriptor (type, big-endian length, big-endian microseconds, message), so it is one log
+// event however many lines it has. Lamina reads the frames from the stdout pipe, in order
+// with what process.stdout.write prints (pipe writes are synchronous on Linux).
+const TEXT_FRAME = 0xa55a0003;
+const JSON_FRAME = 0xa55a0002;
+
+function writeFrame(type, text, date) {
+  const message = Buffer.from(text, 'utf8');
+  const frame = Buffer.allocUnsafe(16 + message.length);
+  frame.writeUInt32BE(type, 0);
+  frame.writeUInt32BE(message.length, 4);
+  frame.writeBigUInt64BE(BigInt(date.valueOf()) * 1000n, 8);
+  message.copy(frame, 16);
+  process.stdout.write(frame);
+}
+
 function logText(level, message, ...params) {
-  const line = `${new Date().toISOString()}\t${globalThis[REQUEST_ID]}\t${level.name}\t${util.format(
+  const date = new Date();
+  const line = `${date.toISOString()}\t${globalThis[REQUEST_ID]}\t${level.name}\t${util.format(
     message,
     ...params,
   )}`;
-  // One log event per call: newlines become carriage returns, as on Lambda.
-  process.stdout.write(line.replace(/\n/g, '\r') + '\n');
+  writeFrame(TEXT_FRAME, line + '\n', date);
 }
 
 function logJson(level, message, ...params) {
+  const date = new Date();
   const line = formatJsonMessage(
     globalThis[REQUEST_ID],
-    new Date().toISOString(),
+    date.toISOString(),
     level,
     globalThis[TENANT_ID],
     message,
     ...params,
   );
-  process.stdout.write(line.replace(/\n/g, '\r') + '\n');
+  writeFrame(JSON_FRAME, line + '\n', date);
 }
 
 function patchConsole() {
