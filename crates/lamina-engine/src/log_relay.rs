@@ -157,6 +157,7 @@ struct Relay {
     incoming: Vec<u8>,
     /// The current line's text so far.
     partial: Vec<u8>,
+    last_timestamp_ms: i64,
     invocation_text: String,
     pending: Vec<LogEvent>,
 }
@@ -166,8 +167,9 @@ impl Relay {
         self.invocation_text.push_str(&line);
         self.invocation_text.push('\n');
         self.trim_invocation_text();
+        let timestamp_ms = self.next_timestamp(now_ms());
         self.pending.push(LogEvent {
-            timestamp_ms: now_ms(),
+            timestamp_ms,
             message: line,
         });
     }
@@ -179,10 +181,19 @@ impl Relay {
             self.invocation_text.push('\n');
         }
         self.trim_invocation_text();
+        let timestamp_ms = self.next_timestamp(timestamp_ms);
         self.pending.push(LogEvent {
             timestamp_ms,
             message,
         });
+    }
+
+    /// Events are read back in timestamp order, so a stream's timestamps never go back: a
+    /// frame's own time (when it was written) can be earlier than the arrival time given to
+    /// a line read just before it.
+    fn next_timestamp(&mut self, candidate_ms: i64) -> i64 {
+        self.last_timestamp_ms = self.last_timestamp_ms.max(candidate_ms);
+        self.last_timestamp_ms
     }
 
     fn trim_invocation_text(&mut self) {
@@ -328,6 +339,7 @@ impl LogRelay {
                     stream,
                     incoming: Vec::new(),
                     partial: Vec::new(),
+                    last_timestamp_ms: 0,
                     invocation_text: String::new(),
                     pending: Vec::new(),
                 },
@@ -577,6 +589,7 @@ mod tests {
             stream: "stream".into(),
             incoming: Vec::new(),
             partial: Vec::new(),
+            last_timestamp_ms: 0,
             invocation_text: String::new(),
             pending: Vec::new(),
         }
@@ -587,10 +600,13 @@ mod tests {
     #[test]
     fn log_frames_are_one_event_each_among_the_printed_lines() {
         let mut relay = relay_for_test();
+        // A frame written a minute from now keeps its time; one from the past cannot go
+        // before the events already in the stream.
+        let later_us = (now_ms() as u64 + 60_000) * 1000;
         let mut stream = b"printed\nhalf ".to_vec();
         stream.extend(frame(
             "[ERROR] boom\nTraceback (most recent call last):\n  line 1\n",
-            1_700_000_000_123_456,
+            later_us,
         ));
         stream.extend_from_slice(b"line\n");
         stream.extend(frame("{\"level\":\"INFO\"}", 5_000));
@@ -620,14 +636,18 @@ mod tests {
             events[1],
             (
                 "[ERROR] boom\nTraceback (most recent call last):\n  line 1\n".to_owned(),
-                1_700_000_000_123
+                (later_us / 1000) as i64
             )
         );
         assert_eq!(
             events[2].0, "half line",
             "the printed line continues around the frame"
         );
-        assert_eq!(events[3], ("{\"level\":\"INFO\"}".to_owned(), 5));
+        assert_eq!(
+            events[3],
+            ("{\"level\":\"INFO\"}".to_owned(), (later_us / 1000) as i64)
+        );
+        assert!(events.windows(2).all(|w| w[0].1 <= w[1].1), "{events:?}");
         assert_eq!(events[4].0, "price \u{a5}5");
         assert_eq!(
             events[5].0.len(),

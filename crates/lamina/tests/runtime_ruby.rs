@@ -97,6 +97,14 @@ def fails(event:, context:)
   raise ArgumentError, 'bad input'
 end
 
+def logs(event:, context:)
+  puts "first line\nsecond line"
+  puts 'a', 'b'
+  Logger.new($stdout, progname: 'app').info('structured')
+  $stdout.puts "plain one\nplain two"
+  'logged'
+end
+
 def custom(event:, context:)
   raise IOError, 'custom failure'
 end
@@ -278,4 +286,47 @@ async fn ruby_runs_in_the_process_tier_from_host_paths() {
     create_managed(&client, "greeter", &runtime, "function.Greeter.greet", zip).await;
     let got = invoke_tail(&client, "greeter", json!("process")).await;
     assert_eq!(got.payload, json!("greetings, process"), "{}", got.log);
+}
+
+/// As the official client logs through its telemetry descriptor: each `puts` call is one
+/// event (arguments joined by newlines), a Logger on $stdout writes Lambda's format, one
+/// event per entry, and `$stdout.puts` writes plain lines.
+#[tokio::test]
+async fn puts_and_logger_entries_are_one_event_each() {
+    let Some((runtime, args)) = ruby() else {
+        return;
+    };
+    let server = start(&args);
+    let client = server.client();
+    let zip = zip_of(&[("function.rb", FUNCTION.as_bytes(), 0o644)]);
+    create_managed(&client, "logs", &runtime, "function.logs", zip).await;
+    let got = invoke_tail(&client, "logs", json!({})).await;
+    assert_eq!(got.payload, json!("logged"), "{}", got.log);
+    let rid = request_id(&got.log).to_owned();
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = log_messages(&server.endpoint, "logs");
+        if events.iter().any(|e| e == "plain two") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for expected in ["first line\nsecond line", "a\nb", "plain one", "plain two"] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected:?}: {events:?}"
+        );
+    }
+    let entry = events
+        .iter()
+        .find(|e| e.starts_with("I, ["))
+        .unwrap_or_else(|| panic!("no Logger entry in {events:?}"));
+    // Lambda's formatter ends no entry with a newline: each is an event of its own.
+    let suffix = format!("]  INFO {rid} -- app: structured");
+    assert!(entry.ends_with(&suffix), "{entry:?}");
+    // I, [2026-01-01T00:00:00.123456 #2]
+    let head = &entry["I, [".len()..entry.len() - suffix.len()];
+    let (time, pid) = head.split_once(" #").unwrap_or_else(|| panic!("{entry:?}"));
+    assert!(time.len() == 26 && time.as_bytes()[10] == b'T', "{entry:?}");
+    assert!(pid.parse::<u32>().is_ok(), "{entry:?}");
 }

@@ -16,16 +16,75 @@
 #   then the document as pretty JSON); a NoMethodError or NameError from the handler ends
 #   the environment after answering, as there.
 # - results are `to_json`ed; a StringIO or IO is answered raw.
+# - logs as the official client writes them to its telemetry descriptor: each
+#   `Kernel#puts` call is one log event (its arguments joined by newlines), and a `Logger`
+#   on $stdout or $stderr (or none) writes through Lambda's formatter
+#   (`I, [TIME #PID]  INFO REQUEST_ID -- PROGNAME: message`), each entry one event. Events
+#   travel as frames of AWS's telemetry framing in the stdout pipe (LaminaLogFrames);
+#   `$stdout.puts`/`print` write plain lines, and errors the runtime reports are written to
+#   stderr as lines, as the official client writes them.
 #
 # It speaks HTTP/1.1 to the Runtime API over one keep-alive TCP connection by hand:
 # net/http costs tens of milliseconds of require at a cold start.
 
 require 'json'
+require 'logger'
 require 'socket'
 require 'stringio'
 
 $stdout.sync = true
 $stderr.sync = true
+
+# One log event per record, however many lines it has: a frame as AWS's runtimes write
+# them to their telemetry descriptor (type, big-endian length, big-endian microseconds,
+# message), which Lamina reads from the stdout pipe between the lines printed there.
+module LaminaLogFrames
+  TEXT_FRAME = 0xa55a0003
+
+  # Also a log device for Logger (write/close).
+  def self.write(message)
+    data = message.to_s.encode('UTF-8', invalid: :replace, undef: :replace).b
+    micros = Process.clock_gettime(Process::CLOCK_REALTIME, :microsecond)
+    STDOUT.write([TEXT_FRAME, data.bytesize, micros].pack('NNQ>') + data)
+    data.bytesize
+  end
+
+  def self.close; end
+end
+
+# Lambda's Logger format, as the official client's formatter writes it.
+class LaminaLogFormatter < Logger::Formatter
+  FORMAT = '%<sev>s, [%<datetime>s #%<process>d] %<severity>5s %<request_id>s -- %<progname>s: %<msg>s'
+
+  def call(severity, time, progname, msg)
+    (FORMAT % { sev: severity[0..0], datetime: format_datetime(time), process: $$, severity: severity,
+                request_id: $_global_aws_request_id, progname: progname, msg: msg2str(msg) }).encode!('UTF-8')
+  end
+end
+
+# Loggers of $stdout or $stderr (or of nothing) write framed entries in Lambda's format;
+# others (files, other IO) are left alone, as the official client leaves them.
+module LaminaLoggerPatch
+  def initialize(logdev = nil, *args, **kwargs)
+    if logdev.nil? || logdev == $stdout || logdev == $stderr || logdev == STDOUT || logdev == STDERR
+      super(LaminaLogFrames, *args, **kwargs)
+      # The default, so that a formatter the function sets still wins.
+      @default_formatter = LaminaLogFormatter.new
+    else
+      super(logdev, *args, **kwargs)
+    end
+  end
+end
+Logger.prepend(LaminaLoggerPatch)
+
+module Kernel
+  private
+
+  def puts(*args)
+    LaminaLogFrames.write(args.flatten.collect { |a| a.to_s.encode('UTF-8') }.join("\n"))
+    nil
+  end
+end
 
 module LambdaErrors
   # An error as the official client reports it.
@@ -287,8 +346,8 @@ class LambdaRunner
   end
 
   def log_error(error, message)
-    puts message
-    puts JSON.pretty_unparse(error.to_lambda_response)
+    $stderr.puts message
+    $stderr.puts JSON.pretty_unparse(error.to_lambda_response)
   end
 end
 
