@@ -195,8 +195,6 @@ pub struct Engine {
     /// from the store while a change lands is not cached over the change.
     generation: AtomicU64,
     code_in_use: Arc<CodeInUse>,
-    /// MemorySize claimed by cold starts in progress (see `host_memory`).
-    starting_memory: Arc<host_memory::StartingMemory>,
     zygotes: Arc<zygotes::Zygotes>,
     environments_started: AtomicU64,
     concurrency: ConcurrencyGovernor,
@@ -312,7 +310,6 @@ impl Engine {
             aliases: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             code_in_use: Arc::default(),
-            starting_memory: Arc::default(),
             zygotes,
             environments_started: AtomicU64::new(0),
             concurrency,
@@ -512,7 +509,7 @@ impl Engine {
     }
 
     async fn start_provisioned(&self, slot: &Arc<VersionSlot>) -> Result<(), EngineError> {
-        let _claim = self.make_room(slot.version.settings.memory_mb).await?;
+        self.make_room(slot.version.settings.memory_mb).await?;
         let environment = self.start_environment(slot, true).await?;
         environment.logs.platform(format!(
             "INIT_START Runtime Version: {}",
@@ -547,12 +544,10 @@ impl Engine {
     }
 
     /// Makes sure the host can hold one more environment of `memory_mb`, destroying idle
-    /// environments (longest idle first, any function) while it cannot. The returned claim
-    /// holds the memory against other cold starts until the environment is ready.
-    async fn make_room(&self, memory_mb: u32) -> Result<host_memory::MemoryClaim, EngineError> {
-        let claim = self.starting_memory.claim(memory_mb);
-        let mut shortfall = match self.config.host_memory.admit(memory_mb, claim.others_mb()) {
-            Ok(()) => return Ok(claim),
+    /// environments (longest idle first, any function) while it cannot.
+    async fn make_room(&self, memory_mb: u32) -> Result<(), EngineError> {
+        let mut shortfall = match self.config.host_memory.admit(memory_mb) {
+            Ok(()) => return Ok(()),
             Err(shortfall) => shortfall,
         };
         loop {
@@ -604,8 +599,8 @@ impl Engine {
                 }
             })
             .await;
-            match self.config.host_memory.admit(memory_mb, claim.others_mb()) {
-                Ok(()) => return Ok(claim),
+            match self.config.host_memory.admit(memory_mb) {
+                Ok(()) => return Ok(()),
                 Err(still) => shortfall = still,
             }
         }
@@ -927,8 +922,7 @@ impl Engine {
                 if let Some(stale) = stale {
                     self.discard(&slot, &stale);
                 }
-                // Held until the environment is ready (or failed): see host_memory.
-                let _claim = self.make_room(version.settings.memory_mb).await?;
+                self.make_room(version.settings.memory_mb).await?;
                 let init_started = Instant::now();
                 let environment = match self.start_environment(&slot, false).await {
                     Ok(environment) => environment,
