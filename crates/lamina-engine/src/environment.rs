@@ -183,8 +183,19 @@ impl Environment {
             Some((key, template)) => match start_from_zygote(sandbox.as_ref(), &spec, &template) {
                 Ok(started) => started,
                 Err(err) => {
-                    tracing::warn!(runtime = %key, %err, "the zygote could not start an environment; retiring it and starting this one the usual way");
-                    zygotes.retire(key);
+                    // Only the zygote's own failures retire it; an environment that could
+                    // not be built is that environment's problem (and is retried the usual
+                    // way, which reports it).
+                    if matches!(
+                        err,
+                        lamina_sandbox::SandboxError::Template { .. }
+                            | lamina_sandbox::SandboxError::AdoptionUnsupported { .. }
+                    ) {
+                        tracing::warn!(runtime = %key, %err, "the zygote failed; retiring it and starting this environment the usual way");
+                        zygotes.retire(key);
+                    } else {
+                        tracing::warn!(runtime = %key, %err, "an environment could not start from the zygote; starting it the usual way");
+                    }
                     sandbox.start(&spec).map_err(EngineError::Sandbox)?
                 }
             },

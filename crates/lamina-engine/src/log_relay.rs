@@ -36,10 +36,16 @@ const MAX_LINE_BYTES: usize = 256 * 1024;
 /// stdout pipe, between the lines the function prints, so a multi-line record (a
 /// traceback, indented JSON) stays one event as on Lambda, in its place among the output.
 /// The prefix cannot start UTF-8 text (0xa5 is a continuation byte), and a frame is only
-/// taken whole with a plausible length; anything else is text.
+/// taken whole, with a type Lamina's runtimes write and a plausible length; anything else
+/// is text. A message longer than an event may be is cut to [`MAX_LINE_BYTES`].
 const FRAME_PREFIX: [u8; 3] = [0xa5, 0x5a, 0x00];
+/// The last type byte: text (`a55a0003`) or JSON (`a55a0002`) records.
+const FRAME_TYPES: [u8; 2] = [0x02, 0x03];
 const FRAME_HEADER_BYTES: usize = 16;
-const MAX_FRAME_BYTES: usize = MAX_LINE_BYTES;
+const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// A frame's own timestamp is taken only this close to the time it is read (otherwise the
+/// time it is read): a wrong clock in the environment must not move the stream's times.
+const FRAME_CLOCK_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 
 /// The parts of a `REPORT` line known when the invocation ends.
 pub struct Report {
@@ -132,6 +138,11 @@ fn frame_at(bytes: &[u8]) -> Frame<'_> {
     let word = |range: std::ops::Range<usize>| -> u64 {
         bytes[range].iter().fold(0, |n, b| (n << 8) | u64::from(*b))
     };
+    match bytes.get(3) {
+        None => return Frame::Incomplete,
+        Some(kind) if !FRAME_TYPES.contains(kind) => return Frame::Text,
+        Some(_) => {}
+    }
     if bytes.len() < 8 {
         return Frame::Incomplete;
     }
@@ -234,8 +245,16 @@ impl Relay {
                     timestamp_us,
                     length,
                 } => {
+                    let message = &message[..message.len().min(MAX_LINE_BYTES)];
                     let message = String::from_utf8_lossy(message).into_owned();
-                    self.record(message, (timestamp_us / 1000) as i64);
+                    let now = now_ms();
+                    let written = (timestamp_us / 1000) as i64;
+                    let timestamp = if (written - now).abs() <= FRAME_CLOCK_TOLERANCE_MS {
+                        written
+                    } else {
+                        now
+                    };
+                    self.record(message, timestamp);
                     at += length;
                 }
                 // Wait for the rest of the frame (or of its header).
@@ -256,9 +275,16 @@ impl Relay {
 
     /// Output without a final newline still belongs to the invocation that wrote it.
     fn flush_partial(&mut self) {
-        // A frame cut short is text after all: its writer is gone or never finishes it.
-        let unfinished = std::mem::take(&mut self.incoming);
-        self.partial.extend_from_slice(&unfinished);
+        // What looked like the start of a frame and never became one is text after all:
+        // its first byte, and what follows it cut into lines and frames as usual.
+        loop {
+            let unfinished = std::mem::take(&mut self.incoming);
+            let Some((first, rest)) = unfinished.split_first() else {
+                break;
+            };
+            self.partial.push(*first);
+            self.output(rest);
+        }
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(String::from_utf8_lossy(&line).into_owned());
@@ -664,5 +690,40 @@ mod tests {
         assert!(relay.pending.is_empty());
         relay.flush_partial();
         assert_eq!(relay.pending.len(), 1);
+    }
+
+    /// Frames from a wrong clock, of an unknown type, too long, or cut short are handled
+    /// without disturbing the lines around them.
+    #[test]
+    fn odd_frames_do_not_disturb_the_stream() {
+        let mut relay = relay_for_test();
+        let before = now_ms();
+        relay.output(&frame("from the future", 9_999_999_999_999_000));
+        assert!(
+            relay.pending[0].timestamp_ms >= before && relay.pending[0].timestamp_ms <= now_ms()
+        );
+        let mut unknown = frame("unknown type", 1);
+        unknown[3] = 0x07;
+        unknown.extend_from_slice(b"\n");
+        relay.output(&unknown);
+        assert_eq!(
+            relay.pending.len(),
+            2,
+            "an unknown type is text, up to its newline"
+        );
+        let big = "x".repeat(MAX_LINE_BYTES + 10);
+        relay.output(&frame(&big, 1));
+        assert_eq!(relay.pending[2].message.len(), MAX_LINE_BYTES);
+        // A header whose frame never comes: the lines after it are still lines.
+        let mut cut = frame("never finished", 1)[..10].to_vec();
+        cut.extend_from_slice(b"\nline one\nline two\n");
+        relay.output(&cut);
+        relay.flush_partial();
+        let last: Vec<&str> = relay.pending[3..]
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(last.len(), 3, "{last:?}");
+        assert_eq!(&last[1..], ["line one", "line two"]);
     }
 }

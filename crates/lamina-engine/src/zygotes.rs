@@ -104,7 +104,9 @@ impl Zygotes {
         None
     }
 
-    /// Stops using a runtime's zygote after it failed a request.
+    /// Stops using a runtime's zygote after it failed a request. The zygote is not killed:
+    /// it stays the parent of the environments it forked until they end (see
+    /// `lamina_sandbox::Template`).
     pub fn retire(&self, key: &str) {
         self.by_key
             .lock()

@@ -14,11 +14,19 @@
 //! Protocol, over a `SOCK_SEQPACKET` pair whose other end is the template's descriptor 3:
 //! the template first sends `ready`; then each request (one at a time) is NUL-separated
 //! text — `namespaces, uid, gid, nofile, cap_last_cap, cwd, n, cgroup.procs paths…, n,
-//! seccomp programs in hex…, n, NAME=value…` — with the init's pidfd, the output and
-//! status pipes' write ends and the root-ready pipe's read end attached, and the reply is `ok <pid>` once the main process is
-//! set up and about to run the runtime, or `error <reason>`. What the template must do with
-//! a request is [`crate::Adoption`]'s contract; Lamina's Python zygote
+//! seccomp programs in hex…` — with the init's pidfd, the output and status pipes' write
+//! ends, the root-ready pipe's read end and the read end of a pipe holding the
+//! environment's variables (NUL-separated `NAME=value`) attached. The variables travel
+//! apart so that only the forked child reads them: what the template itself reads stays
+//! in its memory, which every later environment inherits, and one function's secrets must
+//! not reach another. The reply is `ok <pid>` once the main process is set up and about to
+//! run the runtime, or `error <reason>`. What the template must do with a request is
+//! [`crate::Adoption`]'s contract; Lamina's Python zygote
 //! (`lamina-runtimes/bootstraps/python/zygote.py`) implements it.
+//!
+//! A template that fails to answer (gone, timed out, out of step) is marked broken and
+//! never asked again. Dropping a [`Template`] only closes its socket: it stays the parent
+//! of the environments it forked, reporting their statuses, until the last one ends.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,6 +34,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{Adoption, SandboxError, sys};
@@ -51,7 +60,10 @@ pub struct Template {
     name: String,
     /// The connection; one request at a time.
     sock: Mutex<OwnedFd>,
-    child: Mutex<Child>,
+    child: Mutex<Option<Child>>,
+    /// Set when an exchange failed: a late answer could otherwise be read as the next
+    /// request's.
+    broken: AtomicBool,
 }
 
 fn template_error(name: &str, reason: impl Into<String>) -> SandboxError {
@@ -242,7 +254,8 @@ impl Template {
         let template = Template {
             name: name.to_owned(),
             sock: Mutex::new(ours),
-            child: Mutex::new(child),
+            child: Mutex::new(Some(child)),
+            broken: AtomicBool::new(false),
         };
         let mut buf = [0u8; 64];
         let greeting = template.receive(&mut buf)?;
@@ -268,6 +281,18 @@ impl Template {
         sock: &OwnedFd,
         buf: &'b mut [u8],
     ) -> Result<&'b [u8], SandboxError> {
+        let received = self.receive_unchecked(sock, buf);
+        if received.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        received
+    }
+
+    fn receive_unchecked<'b>(
+        &self,
+        sock: &OwnedFd,
+        buf: &'b mut [u8],
+    ) -> Result<&'b [u8], SandboxError> {
         let mut no_fds: [Option<OwnedFd>; 1] = [None];
         match sys::recv_with_fds(sock.as_raw_fd(), buf, &mut no_fds) {
             Ok(r) if r.len == 0 => Err(template_error(&self.name, "exited")),
@@ -283,10 +308,18 @@ impl Template {
 
     /// Forks the main process of an environment into it; returns that process's pid as
     /// the host sees it. Blocking; requests are served one at a time.
+    ///
+    /// [`SandboxError::Template`] means the template itself failed (stop using it); a
+    /// [`SandboxError::Setup`] is this environment's failure, reported by the child.
     pub fn adopt(&self, adoption: Adoption) -> Result<u32, SandboxError> {
         let request = encode(&adoption);
+        let variables = variables_pipe(&adoption.env)
+            .map_err(|e| template_error(&self.name, format!("pipe for the variables: {e}")))?;
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        sys::send_with_fds(
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(template_error(&self.name, "an earlier exchange failed"));
+        }
+        if let Err(e) = sys::send_with_fds(
             sock.as_raw_fd(),
             &request,
             &[
@@ -294,47 +327,93 @@ impl Template {
                 adoption.output.as_raw_fd(),
                 adoption.status.as_raw_fd(),
                 adoption.root_ready.as_raw_fd(),
+                variables.as_raw_fd(),
             ],
-        )
-        .map_err(|e| template_error(&self.name, format!("sendmsg: {e}")))?;
+        ) {
+            self.broken.store(true, Ordering::SeqCst);
+            return Err(template_error(&self.name, format!("sendmsg: {e}")));
+        }
+        drop(variables);
         // Our copies of the pipes' write ends must close now: the output pipe's EOF and
         // the status pipe's tell the server the function is gone.
         drop(adoption);
         let mut buf = [0u8; 4096];
         let reply = self.receive_locked(&sock, &mut buf)?;
         let reply = String::from_utf8_lossy(reply);
-        if let Some(pid) = reply.strip_prefix("ok ") {
-            return pid
-                .trim()
-                .parse()
-                .map_err(|_| template_error(&self.name, format!("answered {reply:?}")));
+        if let Some(pid) = reply.strip_prefix("ok ")
+            && let Ok(pid) = pid.trim().parse()
+        {
+            return Ok(pid);
         }
-        Err(template_error(
-            &self.name,
-            reply.strip_prefix("error ").unwrap_or(&reply).to_owned(),
-        ))
+        if let Some(reason) = reply.strip_prefix("error ") {
+            return Err(SandboxError::Setup {
+                environment_id: String::new(),
+                step: format!("the {}'s child", self.name),
+                source: std::io::Error::other(reason.to_owned()),
+            });
+        }
+        self.broken.store(true, Ordering::SeqCst);
+        Err(template_error(&self.name, format!("answered {reply:?}")))
     }
 
-    /// Whether the template process is still running.
+    /// Whether the template process is still running and answering.
     pub fn is_alive(&self) -> bool {
+        if self.broken.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(child.try_wait(), Ok(None))
+        child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The template's pid (for diagnostics and tests).
     pub fn pid(&self) -> u32 {
-        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+        self.child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, Child::id)
     }
 }
 
 impl Drop for Template {
     fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
-        // Environments it forked are not its children's children any more than they are
-        // ours: they live on (each with its own waiting parent) until they end.
-        let _ = child.kill();
-        let _ = child.wait();
+        // Closing the socket (with `self`) tells the template to take no more requests. It
+        // is the parent of the environments it forked and reports their statuses, so it is
+        // not killed: it exits once the last of them has ended, and is reaped then.
+        let child = self
+            .child
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut child) = child {
+            let _ = std::thread::Builder::new()
+                .name("lamina-template-reaper".to_owned())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+        }
     }
+}
+
+/// A pipe holding `env` (NUL-separated `NAME=value`), its write end closed: the read end
+/// for the template's child.
+fn variables_pipe(env: &[(String, String)]) -> std::io::Result<OwnedFd> {
+    let mut text = Vec::new();
+    for (name, value) in env {
+        text.extend_from_slice(name.as_bytes());
+        text.push(b'=');
+        text.extend_from_slice(value.as_bytes());
+        text.push(0);
+    }
+    let (read, write) = sys::pipe()?;
+    // Lambda caps a function's variables at 4 KB: with the runtime's own they fit a pipe's
+    // buffer (64 KB), so this write does not wait for a reader.
+    let mut write = std::fs::File::from(write);
+    std::io::Write::write_all(&mut write, &text)?;
+    Ok(read)
 }
 
 fn set_receive_timeout(sock: &OwnedFd, timeout: Duration) -> std::io::Result<()> {
@@ -382,7 +461,5 @@ fn encode(adoption: &Adoption) -> Vec<u8> {
             .map(|byte| format!("{byte:02x}"))
             .collect::<String>()
     }));
-    fields.push(adoption.env.len().to_string());
-    fields.extend(adoption.env.iter().map(|(k, v)| format!("{k}={v}")));
     fields.join("\0").into_bytes()
 }

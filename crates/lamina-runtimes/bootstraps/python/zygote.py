@@ -16,10 +16,13 @@ and the contract are documented with `lamina_sandbox::Template` and
 `lamina_sandbox::Adoption`:
 
 request: NUL-separated fields `namespaces, uid, gid, nofile, cap_last_cap, cwd,
-  count, cgroup.procs paths..., count, seccomp programs as hex..., count, NAME=value...`
-  with four descriptors: the environment init's pidfd, the output pipe's write end, the
-  status pipe's write end and the read end of the pipe the init closes when the
-  environment's root is built (the zygote forks meanwhile; the child waits for it).
+  count, cgroup.procs paths..., count, seccomp programs as hex...` with five
+  descriptors: the environment init's pidfd, the output pipe's write end, the status
+  pipe's write end, the read end of the pipe the init closes when the environment's root
+  is built (the zygote forks meanwhile; the child waits for it), and a pipe holding the
+  environment's variables (NUL-separated NAME=value), read by the child only: the
+  zygote's own memory, which every later environment inherits, never holds one
+  function's variables (its secrets).
 reply: `ok <pid>` (the main process as the host sees it) once it is set up, or
   `error <reason>`.
 
@@ -59,6 +62,7 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 PR_CAP_AMBIENT = 47
@@ -114,12 +118,20 @@ def _parse(data):
         "cwd": take(),
         "cgroup_procs": take_list(),
         "seccomp": [bytes.fromhex(program) for program in take_list()],
-        "env": take_list(),
     }
     return request
 
 
-def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready):
+def _read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready, env_r):
     """The environment's main process. Mirrors the sandbox's function_main."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -136,6 +148,7 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
         _libc.setns(init_pidfd, request["namespaces"] & ~CLONE_NEWPID),
         "setns into the environment",
     )
+    variables = _read_all(env_r)
     os.setsid()
     adjust = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
     os.write(adjust, b"0")
@@ -159,6 +172,9 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
     header = _CapHeader(CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), data), "capset")
+    # setresuid from root made the process undumpable (execve would have reset it): its
+    # own /proc files would be root's and other processes of its user could not trace it.
+    _check(prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "PR_SET_DUMPABLE")
     _check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
     for program in request["seccomp"]:
         buffer = ctypes.create_string_buffer(program, len(program))
@@ -169,9 +185,10 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
         )
     environ = os.environ
     environ.clear()
-    for entry in request["env"]:
-        name, _, value = entry.partition("=")
-        environ[name] = value
+    for entry in variables.decode("utf-8", "surrogateescape").split("\0"):
+        if entry:
+            name, _, value = entry.partition("=")
+            environ[name] = value
     # The interpreter's start-up coerced the C locale (PEP 538) for the zygote as it does
     # for each exec'd one, which shows in the environment as LC_CTYPE.
     if _COERCED_LC_CTYPE is not None and "LC_CTYPE" not in environ:
@@ -182,10 +199,10 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
     os.close(keep)
 
 
-def _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready):
+def _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready, env_r):
     """The forked child: becomes the function's process, or says why not and exits."""
     try:
-        _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready)
+        _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready, env_r)
     except BaseException as e:
         try:
             os.write(ready_w, ("%s" % (e,)).encode("utf-8", "replace") or b"failed")
@@ -247,7 +264,7 @@ def _restore_pid_namespace():
         os._exit(70)
 
 
-def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready):
+def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready, env_r):
     """Forks the environment's main process; returns its pid, registered with _reap."""
     # SIGCHLD waits until the child is registered, so that _reap knows it.
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
@@ -260,7 +277,7 @@ def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files,
             raise
         if child == 0:
             sock.detach()  # descriptor 3 is closed with the others
-            _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready)
+            _run_function(request, init_pidfd, output, ready_w, cgroup_files, root_ready, env_r)
         _restore_pid_namespace()
         _children[child] = (status, init_pidfd)
         return child
@@ -269,15 +286,16 @@ def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files,
 
 
 def _serve_one(sock, data, fds):
-    init_pidfd, output, status, root_ready = fds
+    init_pidfd, output, status, root_ready, env_r = fds
     cgroup_files = []
     ready_r = ready_w = None
     try:
         request = _parse(data)
-        cgroup_files = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in request["cgroup_procs"]]
+        for path in request["cgroup_procs"]:
+            cgroup_files.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
         ready_r, ready_w = os.pipe()
         child = _fork_into(
-            sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready
+            sock, request, init_pidfd, status, output, ready_w, cgroup_files, root_ready, env_r
         )
     except BaseException:
         for fd in (init_pidfd, status, ready_r):
@@ -285,7 +303,7 @@ def _serve_one(sock, data, fds):
                 os.close(fd)
         raise
     finally:
-        for fd in cgroup_files + [output, ready_w, root_ready]:
+        for fd in cgroup_files + [output, ready_w, root_ready, env_r]:
             if fd is not None:
                 os.close(fd)
     # The child closes its end once it is set up, or writes why it failed and exits.
@@ -306,6 +324,17 @@ def serve(main_module):
     global _OWN_PID_NAMESPACE, bootstrap
     bootstrap = main_module
     _OWN_PID_NAMESPACE = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # The parent of running functions should not be what the OOM killer picks: its death
+    # would end them all. Each function sets its own back to 0. Best effort: lowering it
+    # needs CAP_SYS_RESOURCE, which a containerised root may lack.
+    try:
+        adjust = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(adjust, b"-1000")
+        finally:
+            os.close(adjust)
+    except OSError:
+        pass
     # Two descriptors per running function (its status pipe and its init's pidfd).
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -316,11 +345,17 @@ def serve(main_module):
     gc.collect()
     gc.freeze()
     sock = _socket.socket(fileno=3)
-    fd_space = _socket.CMSG_SPACE(4 * 4)
+    fd_space = _socket.CMSG_SPACE(5 * 4)
     sock.send(b"ready")
     while True:
-        data, ancillary, _, _ = sock.recvmsg(256 * 1024, fd_space)
+        data, ancillary, flags, _ = sock.recvmsg(256 * 1024, fd_space)
         if not data:
+            # The server let go of this zygote: its environments keep running, and it
+            # stays their parent (reporting their statuses) until the last one ends.
+            import time
+
+            while _children:
+                time.sleep(1.0)  # woken early by SIGCHLD, whose handler reaps
             return
         fds = []
         for level, kind, payload in ancillary:
@@ -329,10 +364,10 @@ def serve(main_module):
                 fds.extend(
                     int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
                 )
-        if len(fds) != 4:
+        if len(fds) != 5 or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
             for fd in fds:
                 os.close(fd)
-            sock.send(b"error expected 4 descriptors, got %d" % len(fds))
+            sock.send(b"error expected one whole request with 5 descriptors, got %d" % len(fds))
             continue
         try:
             reply = _serve_one(sock, data, fds)
