@@ -283,6 +283,8 @@ def _fork_into(sock, request, init_pidfd, status, output, ready_w, cgroup_files,
         return child
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+        # Whatever exited while SIGCHLD was held back is reaped now, registered or not.
+        _reap()
 
 
 def _serve_one(sock, data, fds):
