@@ -174,15 +174,9 @@ struct Relay {
 }
 
 impl Relay {
+    /// One line (without its newline), stamped with the time it is read.
     fn line(&mut self, line: String) {
-        self.invocation_text.push_str(&line);
-        self.invocation_text.push('\n');
-        self.trim_invocation_text();
-        let timestamp_ms = self.next_timestamp(now_ms());
-        self.pending.push(LogEvent {
-            timestamp_ms,
-            message: line,
-        });
+        self.record(line, now_ms());
     }
 
     /// One log record, as its frame carried it: one event whatever its newlines.

@@ -330,14 +330,7 @@ async fn a_request_handler_binds_a_pojo_logs_and_keeps_its_state_warm() {
     assert!(logged < end && printed < end, "{}", first.log);
 
     // Each LambdaLogger.log call is one log event, as AWS's framed log sink makes it.
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        events = log_messages(&server.endpoint, "hello");
-        if events.iter().any(|e| e.starts_with("one call")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let events = log_messages_once(&server.endpoint, "hello", |e| e.starts_with("one call")).await;
     assert!(
         events.iter().any(|e| e == "one call\nseveral lines"),
         "{events:?}"

@@ -671,14 +671,10 @@ async fn a_multi_line_console_call_is_one_event() {
     .await;
     let got = invoke_tail(&client, "multiline", json!({})).await;
     assert_eq!(got.payload, json!(1), "{}", got.log);
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        events = log_messages(&server.endpoint, "multiline");
-        if events.iter().any(|e| e.starts_with("printed three")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let events = log_messages_once(&server.endpoint, "multiline", |e| {
+        e.starts_with("printed three")
+    })
+    .await;
     let info = events
         .iter()
         .find(|e| e.contains("\tINFO\t"))

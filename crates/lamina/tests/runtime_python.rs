@@ -22,14 +22,11 @@ fn version_of(runtime: &str) -> &str {
 /// The first log event of `function` that starts with `prefix`, through the Logs API
 /// (events reach the store shortly after the invocation answers).
 async fn log_event(server: &LaminaServer, function: &str, prefix: &str) -> String {
-    for _ in 0..100 {
-        let events = log_messages(&server.endpoint, function);
-        if let Some(event) = events.into_iter().find(|m| m.starts_with(prefix)) {
-            return event;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no event of {function} starts with {prefix:?}");
+    log_messages_once(&server.endpoint, function, |m| m.starts_with(prefix))
+        .await
+        .into_iter()
+        .find(|m| m.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no event of {function} starts with {prefix:?}"))
 }
 
 /// The request id from a log's START line.

@@ -303,14 +303,7 @@ async fn puts_and_logger_entries_are_one_event_each() {
     let got = invoke_tail(&client, "logs", json!({})).await;
     assert_eq!(got.payload, json!("logged"), "{}", got.log);
     let rid = request_id(&got.log).to_owned();
-    let mut events = Vec::new();
-    for _ in 0..100 {
-        events = log_messages(&server.endpoint, "logs");
-        if events.iter().any(|e| e == "plain two") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let events = log_messages_once(&server.endpoint, "logs", |e| e == "plain two").await;
     for expected in ["first line\nsecond line", "a\nb", "plain one", "plain two"] {
         assert!(
             events.iter().any(|e| e == expected),

@@ -309,12 +309,7 @@ def _serve_one(sock, data, fds):
             if fd is not None:
                 os.close(fd)
     # The child closes its end once it is set up, or writes why it failed and exits.
-    failure = b""
-    while True:
-        chunk = os.read(ready_r, 4096)
-        if not chunk:
-            break
-        failure += chunk
+    failure = _read_all(ready_r)
     os.close(ready_r)
     if failure:
         return b"error " + failure

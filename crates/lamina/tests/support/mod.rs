@@ -492,3 +492,21 @@ pub fn log_messages(endpoint: &str, function: &str) -> Vec<String> {
         }
     }
 }
+
+/// A function's log messages once one of them satisfies `wanted` (events reach the store
+/// shortly after the invocation answers), or whatever there is after 5 s.
+pub async fn log_messages_once(
+    endpoint: &str,
+    function: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = log_messages(endpoint, function);
+        if events.iter().any(|e| wanted(e)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    events
+}
