@@ -794,12 +794,17 @@ async fn json_log_format_writes_the_java_clients_records() {
     assert_eq!(records[0]["level"], "UNDEFINED");
     assert_eq!(records[1]["message"], "a warning\non two lines");
     assert_eq!(records[1]["level"], "WARN");
-    assert!(!got.log.contains("below the function's level"), "{}", got.log);
+    assert!(
+        !got.log.contains("below the function's level"),
+        "{}",
+        got.log
+    );
     assert!(got.log.contains("\nraw bytes"), "{}", got.log);
     assert!(got.log.contains("\nfrom System.out\n"), "{}", got.log);
 
     // One event per call: the two-line message is one record in the log group.
-    let events = log_messages_once(&server.endpoint, "json-logs", |e| e.contains("a warning")).await;
+    let events =
+        log_messages_once(&server.endpoint, "json-logs", |e| e.contains("a warning")).await;
     let warning = events
         .iter()
         .find(|e| e.contains("a warning"))

@@ -347,14 +347,21 @@ async fn json_log_format_makes_logger_entries_json_records() {
     let server = start(&args);
     let client = server.client();
     let zip = zip_of(&[("function.rb", FUNCTION.as_bytes(), 0o644)]);
-    create_managed_with(&client, "json-logs", &runtime, "function.json_logs", zip, |b| {
-        b.logging_config(
-            LoggingConfig::builder()
-                .log_format(LogFormat::Json)
-                .application_log_level(ApplicationLogLevel::Warn)
-                .build(),
-        )
-    })
+    create_managed_with(
+        &client,
+        "json-logs",
+        &runtime,
+        "function.json_logs",
+        zip,
+        |b| {
+            b.logging_config(
+                LoggingConfig::builder()
+                    .log_format(LogFormat::Json)
+                    .application_log_level(ApplicationLogLevel::Warn)
+                    .build(),
+            )
+        },
+    )
     .await;
     let got = invoke_tail(&client, "json-logs", json!({})).await;
     assert_eq!(got.payload, json!("logged"), "{}", got.log);
