@@ -65,6 +65,12 @@ const SOURCES: &[(&str, &str)] = &[
         ),
     ),
     (
+        "com/amazonaws/services/lambda/runtime/logging/LogFormat.java",
+        include_str!(
+            "../bootstraps/java/com/amazonaws/services/lambda/runtime/logging/LogFormat.java"
+        ),
+    ),
+    (
         "com/amazonaws/services/lambda/runtime/logging/LogLevel.java",
         include_str!(
             "../bootstraps/java/com/amazonaws/services/lambda/runtime/logging/LogLevel.java"

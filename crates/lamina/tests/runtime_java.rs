@@ -10,6 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aws_sdk_lambda::types::{ApplicationLogLevel, LogFormat, LoggingConfig};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::*;
@@ -172,6 +173,31 @@ public class BrokenInit implements RequestHandler<String, String> {
 }
 "#;
 
+const JSON_LOGS: &str = r#"package example;
+
+import com.amazonaws.services.lambda.runtime.Context;
+import com.amazonaws.services.lambda.runtime.LambdaLogger;
+import com.amazonaws.services.lambda.runtime.RequestHandler;
+import com.amazonaws.services.lambda.runtime.logging.LogLevel;
+import java.util.Map;
+
+public class JsonLogs implements RequestHandler<Map<String, Object>, String> {
+    @Override
+    public String handleRequest(Map<String, Object> event, Context context) {
+        LambdaLogger logger = context.getLogger();
+        logger.log("without a level");
+        logger.log("below the function's level", LogLevel.INFO);
+        logger.log("a warning\non two lines", LogLevel.WARN);
+        logger.log("raw bytes".getBytes(), LogLevel.ERROR);
+        System.out.println("from System.out");
+        if (event.containsKey("fail")) {
+            throw new IllegalStateException("went wrong");
+        }
+        return "ok";
+    }
+}
+"#;
+
 /// The newest Java runtime available here, or None (and a loud message) without one.
 fn java() -> Option<String> {
     if let Ok(chosen) = std::env::var("LAMINA_TEST_JAVA") {
@@ -226,6 +252,7 @@ fn handler_classes() -> Option<&'static [(String, Vec<u8>)]> {
                 ("Pojo", POJO),
                 ("Fails", FAILS),
                 ("BrokenInit", BROKEN_INIT),
+                ("JsonLogs", JSON_LOGS),
             ] {
                 let file = sources.join(format!("{name}.java"));
                 std::fs::write(&file, source).unwrap();
@@ -706,5 +733,98 @@ async fn records_bind_in_and_out_on_java_17_and_later() {
             "first": {"sku": "a", "quantity": 2},
             "note": "yes"
         })
+    );
+}
+
+/// LoggingConfig LogFormat=JSON: LambdaLogger writes the official client's records
+/// (`{"timestamp","message","level","AWSRequestId"}`, level UNDEFINED without one), leveled
+/// calls below the application log level are dropped, byte[] messages stay raw, System.out
+/// stays text, and an uncaught exception is an ERROR record whose message holds the trace.
+#[tokio::test]
+async fn json_log_format_writes_the_java_clients_records() {
+    let (Some(runtime), Some(classes)) = (java(), handler_classes()) else {
+        return;
+    };
+    let server = LaminaServer::start();
+    let client = server.client();
+    create_managed_with(
+        &client,
+        "json-logs",
+        &runtime,
+        "example.JsonLogs",
+        classes_zip(classes),
+        |b| {
+            b.logging_config(
+                LoggingConfig::builder()
+                    .log_format(LogFormat::Json)
+                    .application_log_level(ApplicationLogLevel::Warn)
+                    .build(),
+            )
+        },
+    )
+    .await;
+    let got = invoke_tail(&client, "json-logs", json!({})).await;
+    assert_eq!(got.payload, json!("ok"), "{}", got.log);
+    let rid = request_id(&got.log).to_owned();
+    let lines: Vec<&str> = got.log.lines().filter(|l| l.starts_with('{')).collect();
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(records.len(), 2, "{}", got.log);
+    for (line, record) in lines.iter().zip(&records) {
+        // In the order of the client's StructuredLogMessage fields, as Gson writes them.
+        let at = |key: &str| line.find(&format!("\"{key}\":")).unwrap_or(usize::MAX);
+        assert!(
+            at("timestamp") < at("message")
+                && at("message") < at("level")
+                && at("level") < at("AWSRequestId")
+                && at("AWSRequestId") < line.len(),
+            "{line}"
+        );
+        assert_eq!(record.as_object().unwrap().len(), 4, "{line}");
+        assert_eq!(record["AWSRequestId"], rid.as_str());
+        let timestamp = record["timestamp"].as_str().unwrap();
+        assert!(
+            timestamp.len() == 24 && timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T',
+            "{timestamp}"
+        );
+    }
+    assert_eq!(records[0]["message"], "without a level");
+    assert_eq!(records[0]["level"], "UNDEFINED");
+    assert_eq!(records[1]["message"], "a warning\non two lines");
+    assert_eq!(records[1]["level"], "WARN");
+    assert!(
+        !got.log.contains("below the function's level"),
+        "{}",
+        got.log
+    );
+    assert!(got.log.contains("\nraw bytes"), "{}", got.log);
+    assert!(got.log.contains("\nfrom System.out\n"), "{}", got.log);
+
+    // One event per call: the two-line message is one record in the log group.
+    let events =
+        log_messages_once(&server.endpoint, "json-logs", |e| e.contains("a warning")).await;
+    let warning = events
+        .iter()
+        .find(|e| e.contains("a warning"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    let warning: Value = serde_json::from_str(warning).unwrap();
+    assert_eq!(warning["message"], "a warning\non two lines");
+
+    let failed = invoke_tail(&client, "json-logs", json!({"fail": true})).await;
+    assert_eq!(failed.function_error.as_deref(), Some("Unhandled"));
+    let error: Value = failed
+        .log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR record in {}", failed.log));
+    assert_eq!(error["AWSRequestId"], request_id(&failed.log));
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("went wrong: java.lang.IllegalStateException\njava.lang.IllegalStateException: went wrong\n\tat example.JsonLogs.handleRequest("),
+        "{message}"
     );
 }

@@ -9,6 +9,7 @@
 
 mod support;
 
+use aws_sdk_lambda::types::{ApplicationLogLevel, LogFormat, LoggingConfig};
 use serde_json::{Value, json};
 use support::*;
 
@@ -102,6 +103,16 @@ def logs(event:, context:)
   puts 'a', 'b'
   Logger.new($stdout, progname: 'app').info('structured')
   $stdout.puts "plain one\nplain two"
+  'logged'
+end
+
+def json_logs(event:, context:)
+  logger = Logger.new($stdout)
+  logger.info('below the function level')
+  logger.warn("a warning\non two lines")
+  logger.error(IOError.new('logged error'))
+  Logger.new($stderr, level: :debug).debug('its own level')
+  puts 'puts stays text'
   'logged'
 end
 
@@ -322,4 +333,76 @@ async fn puts_and_logger_entries_are_one_event_each() {
     let (time, pid) = head.split_once(" #").unwrap_or_else(|| panic!("{entry:?}"));
     assert!(time.len() == 26 && time.as_bytes()[10] == b'T', "{entry:?}");
     assert!(pid.parse::<u32>().is_ok(), "{entry:?}");
+}
+
+/// LoggingConfig LogFormat=JSON, as the official client's structured logging: a Logger on
+/// $stdout/$stderr writes `{"timestamp","level","message","requestId"}` records and starts
+/// at the application log level (one created with `level:` keeps it), one event per entry
+/// however many lines; `puts` stays text.
+#[tokio::test]
+async fn json_log_format_makes_logger_entries_json_records() {
+    let Some((runtime, args)) = ruby() else {
+        return;
+    };
+    let server = start(&args);
+    let client = server.client();
+    let zip = zip_of(&[("function.rb", FUNCTION.as_bytes(), 0o644)]);
+    create_managed_with(
+        &client,
+        "json-logs",
+        &runtime,
+        "function.json_logs",
+        zip,
+        |b| {
+            b.logging_config(
+                LoggingConfig::builder()
+                    .log_format(LogFormat::Json)
+                    .application_log_level(ApplicationLogLevel::Warn)
+                    .build(),
+            )
+        },
+    )
+    .await;
+    let got = invoke_tail(&client, "json-logs", json!({})).await;
+    assert_eq!(got.payload, json!("logged"), "{}", got.log);
+    let rid = request_id(&got.log).to_owned();
+    let lines: Vec<&str> = got.log.lines().filter(|l| l.starts_with('{')).collect();
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(records.len(), 3, "{}", got.log);
+    for (line, record) in lines.iter().zip(&records) {
+        let at = |key: &str| line.find(&format!("\"{key}\":")).unwrap_or(usize::MAX);
+        assert!(
+            at("timestamp") < at("level")
+                && at("level") < at("message")
+                && at("message") < at("requestId")
+                && at("requestId") < line.len(),
+            "{line}"
+        );
+        assert_eq!(record.as_object().unwrap().len(), 4, "{line}");
+        assert_eq!(record["requestId"], rid.as_str());
+        let timestamp = record["timestamp"].as_str().unwrap();
+        assert!(
+            timestamp.len() == 24 && timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T',
+            "{timestamp}"
+        );
+    }
+    assert_eq!(records[0]["level"], "WARN");
+    assert_eq!(records[0]["message"], "a warning\non two lines");
+    assert_eq!(records[1]["level"], "ERROR");
+    assert_eq!(records[1]["message"], "logged error (IOError)\n");
+    assert_eq!(records[2]["level"], "DEBUG");
+    assert_eq!(records[2]["message"], "its own level");
+    assert!(!got.log.contains("below the function level"), "{}", got.log);
+
+    let events = log_messages_once(&server.endpoint, "json-logs", |e| e == "puts stays text").await;
+    let warning = events
+        .iter()
+        .find(|e| e.contains("a warning"))
+        .unwrap_or_else(|| panic!("{events:?}"));
+    let warning: Value = serde_json::from_str(warning).unwrap();
+    assert_eq!(warning["message"], "a warning\non two lines");
+    assert!(events.iter().any(|e| e == "puts stays text"), "{events:?}");
 }

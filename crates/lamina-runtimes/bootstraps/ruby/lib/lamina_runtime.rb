@@ -23,6 +23,11 @@
 #   travel as frames of AWS's telemetry framing in the stdout pipe (LaminaLogFrames);
 #   `$stdout.puts`/`print` write plain lines, and errors the runtime reports are written to
 #   stderr as lines, as the official client writes them.
+# - with LoggingConfig LogFormat=JSON (AWS_LAMBDA_LOG_FORMAT=JSON), as the official client's
+#   structured logging (its pull request #58) does on the Logger path only: those Loggers
+#   write `{"timestamp","level","message","requestId"}` records and start at
+#   AWS_LAMBDA_LOG_LEVEL (TRACE is DEBUG here) unless created with a `level:`; `puts` and
+#   the runtime's own error reports stay text.
 #
 # It speaks HTTP/1.1 to the Runtime API over one keep-alive TCP connection by hand:
 # net/http costs tens of milliseconds of require at a cold start.
@@ -40,16 +45,36 @@ $stderr.sync = true
 # message), which Lamina reads from the stdout pipe between the lines printed there.
 module LaminaLogFrames
   TEXT_FRAME = 0xa55a0003
+  JSON_FRAME = 0xa55a0002
 
   # Also a log device for Logger (write/close).
-  def self.write(message)
+  def self.write(message, type = TEXT_FRAME)
     data = message.to_s.encode('UTF-8', invalid: :replace, undef: :replace).b
     micros = Process.clock_gettime(Process::CLOCK_REALTIME, :microsecond)
-    STDOUT.write([TEXT_FRAME, data.bytesize, micros].pack('NNQ>') + data)
+    STDOUT.write([type, data.bytesize, micros].pack('NNQ>') + data)
     data.bytesize
   end
 
   def self.close; end
+
+  # The log device of Loggers under LogFormat=JSON: their records, framed as JSON.
+  module Json
+    def self.write(message)
+      LaminaLogFrames.write(message, JSON_FRAME)
+    end
+
+    def self.close; end
+  end
+end
+
+# LoggingConfig as the environment carries it: the format, and under JSON the level a
+# Logger starts at (Lambda's TRACE has no Logger level; DEBUG is the nearest).
+module LaminaLogConfig
+  JSON_FORMAT = ENV['AWS_LAMBDA_LOG_FORMAT'].to_s.casecmp?('JSON')
+  LEVEL = if JSON_FORMAT
+            { 'TRACE' => Logger::DEBUG, 'DEBUG' => Logger::DEBUG, 'INFO' => Logger::INFO, 'WARN' => Logger::WARN,
+              'ERROR' => Logger::ERROR, 'FATAL' => Logger::FATAL }[ENV['AWS_LAMBDA_LOG_LEVEL'].to_s.upcase]
+          end
 end
 
 # Lambda's Logger format, as the official client's formatter writes it.
@@ -62,14 +87,31 @@ class LaminaLogFormatter < Logger::Formatter
   end
 end
 
+# Under LogFormat=JSON: one JSON record per entry, the fields of the official client's
+# structured logging (the message as Logger renders it, exceptions with their backtrace).
+class LaminaJsonLogFormatter < Logger::Formatter
+  def call(severity, time, _progname, msg)
+    record = { 'timestamp' => time.getutc.strftime('%Y-%m-%dT%H:%M:%S.%LZ'), 'level' => severity,
+               'message' => msg2str(msg).to_s.encode('UTF-8', invalid: :replace, undef: :replace) }
+    record['requestId'] = $_global_aws_request_id if $_global_aws_request_id
+    "#{JSON.generate(record)}\n"
+  end
+end
+
 # Loggers of $stdout or $stderr (or of nothing) write framed entries in Lambda's format;
 # others (files, other IO) are left alone, as the official client leaves them.
 module LaminaLoggerPatch
   def initialize(logdev = nil, *args, **kwargs)
     if logdev.nil? || logdev == $stdout || logdev == $stderr || logdev == STDOUT || logdev == STDERR
-      super(LaminaLogFrames, *args, **kwargs)
-      # The default, so that a formatter the function sets still wins.
-      @default_formatter = LaminaLogFormatter.new
+      if LaminaLogConfig::JSON_FORMAT
+        kwargs[:level] = LaminaLogConfig::LEVEL if LaminaLogConfig::LEVEL && !kwargs.key?(:level)
+        super(LaminaLogFrames::Json, *args, **kwargs)
+        @default_formatter = LaminaJsonLogFormatter.new
+      else
+        super(LaminaLogFrames, *args, **kwargs)
+        # The default, so that a formatter the function sets still wins.
+        @default_formatter = LaminaLogFormatter.new
+      end
     else
       super(logdev, *args, **kwargs)
     end

@@ -8,6 +8,7 @@ import com.amazonaws.services.lambda.runtime.LambdaLogger;
 import com.amazonaws.services.lambda.runtime.LambdaRuntime;
 import com.amazonaws.services.lambda.runtime.RequestHandler;
 import com.amazonaws.services.lambda.runtime.RequestStreamHandler;
+import com.amazonaws.services.lambda.runtime.logging.LogLevel;
 import java.io.BufferedInputStream;
 import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
@@ -124,7 +125,7 @@ public final class Bootstrap {
             handler = "";
         }
         RuntimeApi api = new RuntimeApi(System.getenv("AWS_LAMBDA_RUNTIME_API"));
-        Logger logger = new Logger();
+        Logger logger = new Logger(System.getenv("AWS_LAMBDA_LOG_FORMAT"), System.getenv("AWS_LAMBDA_LOG_LEVEL"));
         installRuntimeLogger(logger);
 
         String taskRoot = System.getProperty("user.dir");
@@ -135,7 +136,7 @@ public final class Bootstrap {
         try {
             invoker = findHandler(handler, loader);
         } catch (UserFault fault) {
-            logger.write(fault.reportable());
+            logger.logError(fault.reportable());
             api.initError(fault.document(), "Runtime.BadFunctionCode");
             System.exit(1);
             return;
@@ -395,6 +396,7 @@ public final class Bootstrap {
             } else {
                 System.clearProperty("com.amazonaws.xray.traceHeader");
             }
+            logger.setInvocation(id, next.header("lambda-runtime-aws-tenant-id"));
             LambdaContext context = new LambdaContext(
                     id,
                     logGroup,
@@ -432,7 +434,7 @@ public final class Bootstrap {
                 api.respond(id, response);
             } else {
                 // Logged first: what arrives after the answer would follow the END line.
-                logger.write(fault.reportable());
+                logger.logError(fault.reportable());
                 api.error(id, document, errorType);
                 if (fault.fatal) {
                     System.exit(1);
@@ -498,31 +500,146 @@ public final class Bootstrap {
     /**
      * LambdaLogger: each call is one log event, however many lines it has. It is written as
      * one frame of the framing AWS's runtimes use on their telemetry descriptor (type
-     * 0xa55a0003, big-endian length and microseconds, message), into standard output, where
-     * Lamina reads frames between the lines System.out prints.
+     * 0xa55a0003 for text, 0xa55a0002 for JSON records, big-endian length and microseconds,
+     * message), into standard output, where Lamina reads frames between the lines System.out
+     * prints.
+     *
+     * <p>As the official client's logger: calls with a level are dropped below
+     * AWS_LAMBDA_LOG_LEVEL (calls without one, level UNDEFINED, never are); with
+     * AWS_LAMBDA_LOG_FORMAT=JSON a String message becomes {@code {"timestamp", "message",
+     * "level", "AWSRequestId", "tenantId"}} (absent fields left out, the request id that of
+     * the latest invocation), in text a leveled one is prefixed {@code [LEVEL] }; byte[]
+     * messages are written as they are. In text format LogLevel is only loaded by a caller
+     * that uses it.
      */
     static final class Logger implements LambdaLogger {
-        private final PrintStream out = System.out;
+        private static final int TEXT_FRAME = 0xa55a0003;
+        private static final int JSON_FRAME = 0xa55a0002;
+        private static final byte[] NULL_BYTES = "null".getBytes(StandardCharsets.UTF_8);
 
-        synchronized void write(String message) {
-            byte[] text = message.getBytes(StandardCharsets.UTF_8);
-            java.time.Instant now = java.time.Instant.now();
-            long micros = now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
-            java.nio.ByteBuffer frame = java.nio.ByteBuffer.allocate(16 + text.length);
-            frame.putInt(0xa55a0003).putInt(text.length).putLong(micros).put(text);
-            // One write: a frame must not interleave with what other threads print.
-            out.write(frame.array(), 0, frame.capacity());
-            out.flush();
+        private final PrintStream out = System.out;
+        private final boolean json;
+        private final String minimumLevelName;
+        /** The ordinal of AWS_LAMBDA_LOG_LEVEL, read at the first leveled call; -1 before. */
+        private volatile int minimumLevel = -1;
+        private volatile String requestId;
+        private volatile String tenantId;
+
+        Logger(String format, String level) {
+            this.json = "JSON".equalsIgnoreCase(format);
+            this.minimumLevelName = level;
+        }
+
+        /** The invocation whose request id JSON records carry, until the next one. */
+        void setInvocation(String requestId, String tenantId) {
+            this.requestId = requestId;
+            this.tenantId = tenantId;
+        }
+
+        /** The runtime's own error reports: ERROR records in JSON, plain text otherwise. */
+        void logError(String message) {
+            if (json) {
+                log(message, LogLevel.ERROR);
+            } else {
+                frame(message.getBytes(StandardCharsets.UTF_8));
+            }
         }
 
         @Override
         public void log(String message) {
-            write(String.valueOf(message));
+            if (json) {
+                frame(record(message, "UNDEFINED"));
+            } else {
+                frame(String.valueOf(message).getBytes(StandardCharsets.UTF_8));
+            }
         }
 
         @Override
         public void log(byte[] message) {
-            log(new String(message, StandardCharsets.UTF_8));
+            frame(message == null ? NULL_BYTES : message);
+        }
+
+        @Override
+        public void log(String message, LogLevel level) {
+            if (level == null || level == LogLevel.UNDEFINED) {
+                log(message);
+            } else if (enabled(level)) {
+                if (json) {
+                    frame(record(message, level.name()));
+                } else {
+                    frame(("[" + level.name() + "] " + message).getBytes(StandardCharsets.UTF_8));
+                }
+            }
+        }
+
+        @Override
+        public void log(byte[] message, LogLevel level) {
+            if (level == null || level == LogLevel.UNDEFINED || enabled(level)) {
+                log(message);
+            }
+        }
+
+        private boolean enabled(LogLevel level) {
+            int minimum = minimumLevel;
+            if (minimum < 0) {
+                try {
+                    minimum = minimumLevelName == null ? 0 : LogLevel.fromString(minimumLevelName).ordinal();
+                } catch (IllegalArgumentException e) {
+                    minimum = 0; // Lamina sets only valid levels; anything else filters nothing
+                }
+                minimumLevel = minimum;
+            }
+            return level.ordinal() >= minimum;
+        }
+
+        private byte[] record(String message, String level) {
+            Map<String, Object> record = new LinkedHashMap<>();
+            record.put("timestamp", timestamp(System.currentTimeMillis()));
+            if (message != null) {
+                record.put("message", message);
+            }
+            record.put("level", level);
+            String id = requestId;
+            if (id != null) {
+                record.put("AWSRequestId", id);
+            }
+            String tenant = tenantId;
+            if (tenant != null) {
+                record.put("tenantId", tenant);
+            }
+            return (Json.write(record) + "\n").getBytes(StandardCharsets.UTF_8);
+        }
+
+        /** yyyy-MM-ddTHH:mm:ss.SSSZ in UTC, without loading DateTimeFormatter. */
+        static String timestamp(long epochMillis) {
+            java.time.LocalDateTime t = java.time.LocalDateTime.ofEpochSecond(
+                    Math.floorDiv(epochMillis, 1000L), 0, java.time.ZoneOffset.UTC);
+            StringBuilder out = new StringBuilder(24);
+            pad(out, t.getYear(), 4).append('-');
+            pad(out, t.getMonthValue(), 2).append('-');
+            pad(out, t.getDayOfMonth(), 2).append('T');
+            pad(out, t.getHour(), 2).append(':');
+            pad(out, t.getMinute(), 2).append(':');
+            pad(out, t.getSecond(), 2).append('.');
+            return pad(out, (int) Math.floorMod(epochMillis, 1000L), 3).append('Z').toString();
+        }
+
+        private static StringBuilder pad(StringBuilder out, int value, int width) {
+            String digits = Integer.toString(value);
+            for (int i = digits.length(); i < width; i++) {
+                out.append('0');
+            }
+            return out.append(digits);
+        }
+
+        private synchronized void frame(byte[] text) {
+            java.time.Instant now = java.time.Instant.now();
+            long micros = now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
+            java.nio.ByteBuffer frame = java.nio.ByteBuffer.allocate(16 + text.length);
+            frame.putInt(json ? JSON_FRAME : TEXT_FRAME).putInt(text.length).putLong(micros).put(text);
+            // One write: a frame must not interleave with what other threads print.
+            out.write(frame.array(), 0, frame.capacity());
+            out.flush();
         }
     }
 
