@@ -315,9 +315,11 @@ impl ControlPlane {
         // same headroom would both pass. They are not one SQLite transaction (as a
         // reservation's is) because what they depend on spans three tables and the
         // routing rules above (weights, both versions of an alias), which the store does
-        // not know. Instead every change to those inputs (Put/DeleteFunctionConcurrency,
-        // this Put, UpdateAlias, DeleteFunction) runs its checks and its write under
-        // `concurrency_changes`; this process is the store's only writer.
+        // not know. Instead every change that could make them fail (PutFunctionConcurrency,
+        // this Put, UpdateAlias) runs its checks and its write under `concurrency_changes`;
+        // the rest only free headroom or remove overlaps (deleting a reservation, a
+        // configuration, an alias, a version) or add an alias without a configuration.
+        // This process is the store's only writer.
         let in_order = self.concurrency_changes();
         let others: u64 = self
             .store
