@@ -59,9 +59,10 @@ pub struct ControlPlane {
     concurrent_executions: u32,
     /// How much of `concurrent_executions` must stay unreserved; `None`: AWS's rule.
     minimum_unreserved: Option<u32>,
-    /// Held while a function's concurrency settings are stored and handed to the engine
-    /// (a reservation, a deletion) or read and handed to it (provisioned concurrency), so
-    /// the engine gets them in the order they were stored, however quickly they change.
+    /// Held while a function's concurrency settings are checked, stored and handed to the
+    /// engine (a reservation, a provisioned configuration, a provisioned alias moving, a
+    /// deletion), so no two changes pass their checks against the same headroom and the
+    /// engine gets them in the order they were stored, however quickly they change.
     concurrency_changes: std::sync::Mutex<()>,
     /// Told whenever a function's code or configuration changes or it is deleted, so
     /// that nothing keeps running an outdated version (the invoker's warm pool).
@@ -73,6 +74,9 @@ pub struct ControlPlane {
     /// Which runtimes this server can run: a function of any other is refused.
     runtimes: Arc<RuntimeCatalog>,
 }
+
+/// Proof that [`ControlPlane::concurrency_changes`] is held.
+type ConcurrencyChanges<'a> = std::sync::MutexGuard<'a, ()>;
 
 /// Whoever must forget a function's old state when it changes.
 pub trait FunctionChangeListener: Send + Sync + std::fmt::Debug {
@@ -334,8 +338,9 @@ impl ControlPlane {
             .min(self.concurrent_executions)
     }
 
-    /// Serialises changes of concurrency settings with handing them to the engine.
-    fn concurrency_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// Serialises changes of concurrency settings (their checks, their write and handing
+    /// them to the engine).
+    fn concurrency_changes(&self) -> ConcurrencyChanges<'_> {
         self.concurrency_changes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -949,6 +954,9 @@ impl ControlPlane {
     ) -> Result<AliasConfiguration, ApiError> {
         Self::check_alias_name(name)?;
         self.unqualified(function)?;
+        // Moving an alias can make provisioned configurations overlap: the check and the
+        // write must not interleave with a PutProvisionedConcurrencyConfig.
+        let in_order = self.concurrency_changes();
         let current =
             self.store
                 .get_alias(&function.name, name)?
@@ -970,12 +978,14 @@ impl ControlPlane {
             revision_id: new_revision_id(),
             ..current.clone()
         };
+        self.check_alias_move(&current, &updated)?;
         self.store
             .update_alias(&updated, &current.revision_id)
             .map_err(|e| self.alias_write_error(function, name, &target, e))?;
         self.alias_changed(&function.name, name);
         // Provisioned concurrency configured on the alias follows it to its new version.
-        self.apply_provisioned(&function.name)?;
+        self.apply_provisioned_held(&function.name, &in_order)?;
+        drop(in_order);
         tracing::info!(function = %function.name, alias = %name, "alias updated");
         Ok(updated.configuration(&self.account))
     }
@@ -1704,6 +1714,9 @@ impl ControlPlane {
         violations.into_result().map_err(RequestError::from)?;
         // Negative values were refused above; beyond u32 no account limit could hold it.
         let reserved = u32::try_from(reserved).unwrap_or(u32::MAX);
+        // Under the lock from the check to the write, so a concurrent
+        // PutProvisionedConcurrencyConfig cannot slip under the new reservation.
+        let _in_order = self.concurrency_changes();
         let provisioned: u64 = self
             .store
             .provisioned(Some(&name))?
@@ -1718,7 +1731,6 @@ impl ControlPlane {
         }
         // The provisioned concurrency of other functions without a reservation is taken
         // out of the account limit too: what reservations may share is what is left.
-        let _in_order = self.concurrency_changes();
         let provisioned_elsewhere = self.unreserved_provisioned(Some(&name))?;
         let limit_for_reservations = u64::from(self.concurrent_executions)
             .saturating_sub(provisioned_elsewhere)
@@ -2058,5 +2070,56 @@ mod tests {
             !cp.policy_allows(&function("missing", None), &from_bucket)
                 .unwrap()
         );
+    }
+
+    fn published(cp: &ControlPlane, name: &str) {
+        cp.create_function(
+            serde_json::from_value(serde_json::json!({
+                "FunctionName": name,
+                "Role": "arn:aws:iam::123456789012:role/r",
+                "Runtime": "provided.al2023",
+                "Code": {"ZipFile": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="},
+                "Publish": true
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Two Puts racing for the same unreserved headroom (900 of the default 1,000, with
+    /// 100 kept unreserved): each fits alone, both do not, so at most one may pass. Many
+    /// rounds, so that without the check and the write under one lock both would pass
+    /// in some of them.
+    #[test]
+    fn racing_provisioned_puts_cannot_both_take_the_same_headroom() {
+        let (cp, _dir) = control_plane();
+        published(&cp, "a");
+        published(&cp, "b");
+        for round in 0..200 {
+            let start = std::sync::Barrier::new(2);
+            let passed = std::thread::scope(|scope| {
+                let racers: Vec<_> = ["a", "b"]
+                    .into_iter()
+                    .map(|name| {
+                        let (cp, start) = (&cp, &start);
+                        scope.spawn(move || {
+                            start.wait();
+                            cp.put_provisioned_concurrency(&function(name, Some("1")), Some(500))
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|racer| racer.join().unwrap())
+                    .filter(Result::is_ok)
+                    .count()
+            });
+            assert_eq!(passed, 1, "round {round}: exactly one Put fits");
+            assert!(cp.unreserved_concurrency(None).unwrap() >= 100);
+            for name in ["a", "b"] {
+                cp.delete_provisioned_concurrency(&function(name, Some("1")))
+                    .unwrap();
+            }
+        }
     }
 }

@@ -734,6 +734,205 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
     assert_eq!(allocated_when_ready(&client, "canary", "live").await, 4);
 }
 
+/// A 409 ResourceConflictException, and its message.
+fn conflict<E, R>(error: aws_sdk_lambda::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_lambda::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug + HasStatus,
+{
+    let (exception, status, message) = aws_error(error);
+    assert_eq!(
+        (exception.as_str(), status),
+        ("ResourceConflictException", 409),
+        "{message}"
+    );
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_aliases_cannot_provision_the_same_version() {
+    use aws_sdk_lambda::types::AliasRoutingConfiguration;
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "shared").await;
+    assert_eq!(publish(&client, "shared", "v1").await, "1");
+    assert_eq!(publish(&client, "shared", "v2").await, "2");
+    for alias in ["blue", "green"] {
+        client
+            .create_alias()
+            .function_name("shared")
+            .name(alias)
+            .function_version("1")
+            .send()
+            .await
+            .unwrap();
+    }
+    // Version 2 at 90%, version 1 at 10%: it shares version 1 with the others.
+    client
+        .create_alias()
+        .function_name("shared")
+        .name("canary")
+        .function_version("2")
+        .routing_config(
+            AliasRoutingConfiguration::builder()
+                .additional_version_weights("1", 0.1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    put_provisioned(&client, "shared", "blue", 1).await;
+
+    for alias in ["green", "canary"] {
+        let error = client
+            .put_provisioned_concurrency_config()
+            .function_name("shared")
+            .qualifier(alias)
+            .provisioned_concurrent_executions(1)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            conflict(error),
+            "Alias can't be used for Provisioned Concurrency configuration on version 1, already \
+             Provisioned by shared:blue. Remove that configuration first."
+        );
+    }
+    let listed = client
+        .list_provisioned_concurrency_configs()
+        .function_name("shared")
+        .send()
+        .await
+        .unwrap();
+    let arns: Vec<_> = listed
+        .provisioned_concurrency_configs()
+        .iter()
+        .filter_map(|c| c.function_arn())
+        .collect();
+    assert_eq!(arns.len(), 1, "{arns:?}");
+    assert!(arns[0].ends_with(":function:shared:blue"));
+
+    // Once blue's configuration is gone, green may have one.
+    client
+        .delete_provisioned_concurrency_config()
+        .function_name("shared")
+        .qualifier("blue")
+        .send()
+        .await
+        .unwrap();
+    put_provisioned(&client, "shared", "green", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioned_alias_cannot_move_onto_a_provisioned_version() {
+    use aws_sdk_lambda::types::AliasRoutingConfiguration;
+    let server = LaminaServer::start();
+    let client = server.client();
+    deploy(&client, "mover").await;
+    for (description, version) in [("v1", "1"), ("v2", "2"), ("v3", "3")] {
+        assert_eq!(publish(&client, "mover", description).await, version);
+    }
+    for (alias, version) in [("live", "1"), ("other", "3"), ("plain", "1")] {
+        client
+            .create_alias()
+            .function_name("mover")
+            .name(alias)
+            .function_version(version)
+            .send()
+            .await
+            .unwrap();
+    }
+    put_provisioned(&client, "mover", "live", 1).await;
+    put_provisioned(&client, "mover", "2", 1).await;
+    put_provisioned(&client, "mover", "other", 1).await;
+    let before = client
+        .get_alias()
+        .function_name("mover")
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+
+    // Onto a version with its own configuration, as its main or its additional version.
+    let error = client
+        .update_alias()
+        .function_name("mover")
+        .name("live")
+        .function_version("2")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        conflict(error),
+        "Alias mover:live has a Provisioned Concurrency configuration and can't be routed to \
+         version 2, already Provisioned by mover:2. Remove one of the two configurations first."
+    );
+    let error = client
+        .update_alias()
+        .function_name("mover")
+        .name("live")
+        .routing_config(
+            AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 0.5)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert!(conflict(error).contains("version 2, already Provisioned by mover:2"));
+    // Onto a version another provisioned alias routes to.
+    let error = client
+        .update_alias()
+        .function_name("mover")
+        .name("live")
+        .function_version("3")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(conflict(error).contains("version 3, already Provisioned by mover:other"));
+
+    // The alias is unchanged, and still provisioned on version 1.
+    let after = client
+        .get_alias()
+        .function_name("mover")
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.function_version(), Some("1"));
+    assert_eq!(after.routing_config(), None);
+    assert_eq!(after.revision_id(), before.revision_id());
+    wait_until_ready(&client, "mover", "live").await;
+    assert!(!invoke_was_cold(&client, "mover:live").await);
+
+    // An alias without a configuration moves freely, and so does a provisioned alias
+    // onto a version nobody provisions.
+    client
+        .update_alias()
+        .function_name("mover")
+        .name("plain")
+        .function_version("2")
+        .send()
+        .await
+        .unwrap();
+    client
+        .delete_provisioned_concurrency_config()
+        .function_name("mover")
+        .qualifier("2")
+        .send()
+        .await
+        .unwrap();
+    let moved = client
+        .update_alias()
+        .function_name("mover")
+        .name("live")
+        .function_version("2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.function_version(), Some("2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn provisioned_concurrency_is_set_aside_from_other_functions() {
     // A small account whose minimum unreserved share is lowered so it can be filled here.

@@ -1,11 +1,12 @@
 //! Provisioned concurrency: Put/Get/Delete/ListProvisionedConcurrencyConfig(s), and the
 //! checks that keep it within reserved and unreserved concurrency.
 
+use lamina_model::alias::Alias;
 use lamina_model::{FunctionRef, Qualifier, RequestError, Violations};
 use lamina_store::ProvisionedConfig;
 use serde::Serialize;
 
-use super::{ControlPlane, now};
+use super::{ConcurrencyChanges, ControlPlane, now};
 use crate::error::ApiError;
 
 /// A configuration as AWS shows it, with the allocation measured now.
@@ -146,42 +147,97 @@ impl ControlPlane {
         Ok(shares.into_iter().filter(|(_, share)| *share > 0).collect())
     }
 
-    /// AWS refuses a configuration on an alias whose version has its own, and on a
-    /// version that an alias with a configuration points at (with either of a weighted
-    /// alias's versions).
-    fn check_no_overlap(&self, function: &FunctionRef, qualifier: &str) -> Result<(), ApiError> {
-        let configs = self.store.provisioned(Some(&function.name))?;
-        let is_alias = matches!(
-            FunctionRef::named(&function.name, Some(qualifier)).qualifier_kind(),
-            Qualifier::Alias(_)
-        );
-        let versions = self.routed_versions(&function.name, qualifier)?;
-        for config in configs.iter().filter(|c| c.qualifier != qualifier) {
-            let other = FunctionRef::named(&function.name, Some(&config.qualifier));
-            let other_is_alias = matches!(other.qualifier_kind(), Qualifier::Alias(_));
-            let shared = self
-                .routed_versions(&function.name, &config.qualifier)
-                .is_ok_and(|others| {
-                    others
-                        .iter()
-                        .any(|(other, _)| versions.iter().any(|(mine, _)| mine == other))
-                });
-            if !shared {
+    /// Another configuration of the function than `qualifier`'s own that covers one of
+    /// `versions` now, with the version they share. Configurations on versions are
+    /// looked at first, so a clash with one gets AWS's own message.
+    fn provisioned_covering(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+        versions: &[String],
+    ) -> Result<Option<(ProvisionedConfig, String)>, ApiError> {
+        let mut configs = self.store.provisioned(Some(function_name))?;
+        configs.retain(|c| c.qualifier != qualifier);
+        configs.sort_by_key(|c| is_alias(&c.qualifier));
+        for config in configs {
+            // A configuration whose alias is gone covers nothing.
+            let Ok(covered) = self.routed_versions(function_name, &config.qualifier) else {
                 continue;
-            }
-            if is_alias && !other_is_alias {
-                return Err(ApiError::ProvisionedConflict {
-                    message: "Alias can't be used for Provisioned Concurrency configuration on \
-                              an already Provisioned version",
-                });
-            }
-            if !is_alias && other_is_alias {
-                return Err(ApiError::ProvisionedConflict {
-                    message: "Version is pointed by a Provisioned Concurrency alias",
-                });
+            };
+            if let Some((shared, _)) = covered.into_iter().find(|(v, _)| versions.contains(v)) {
+                return Ok(Some((config, shared)));
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// AWS refuses a configuration on an alias whose version has its own, on a version
+    /// that an alias with a configuration points at (with either of a weighted alias's
+    /// versions), and on an alias whose version another provisioned alias points at.
+    fn check_no_overlap(&self, function: &FunctionRef, qualifier: &str) -> Result<(), ApiError> {
+        let versions: Vec<String> = self
+            .routed_versions(&function.name, qualifier)?
+            .into_iter()
+            .map(|(version, _)| version)
+            .collect();
+        let Some((other, version)) =
+            self.provisioned_covering(&function.name, qualifier, &versions)?
+        else {
+            return Ok(());
+        };
+        match (is_alias(qualifier), is_alias(&other.qualifier)) {
+            (true, false) => Err(ApiError::ProvisionedConflict {
+                message: "Alias can't be used for Provisioned Concurrency configuration on an \
+                          already Provisioned version",
+            }),
+            (false, true) => Err(ApiError::ProvisionedConflict {
+                message: "Version is pointed by a Provisioned Concurrency alias",
+            }),
+            (true, true) => Err(ApiError::ProvisionedAliasOverlap {
+                function: function.name.clone(),
+                alias: qualifier.to_owned(),
+                version,
+                provisioned_by: other.qualifier,
+            }),
+            // Two versions cover only themselves: they never share one.
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// UpdateAlias must not route an alias with a configuration onto a version another
+    /// configuration already covers (the version's own, or another alias's), for the same
+    /// reason Put refuses overlaps. Only versions the alias does not route to yet are
+    /// checked, so an alias stored before this check existed can still be changed.
+    ///
+    /// The caller holds `concurrency_changes` from this check until the alias is written.
+    pub(super) fn check_alias_move(
+        &self,
+        current: &Alias,
+        updated: &Alias,
+    ) -> Result<(), ApiError> {
+        let function_name = &updated.function_name;
+        let provisioned = self
+            .store
+            .provisioned(Some(function_name))?
+            .iter()
+            .any(|c| c.qualifier == updated.name);
+        if !provisioned {
+            return Ok(());
+        }
+        let added: Vec<String> = updated
+            .versions()
+            .filter(|v| !current.versions().any(|old| old == *v))
+            .map(str::to_owned)
+            .collect();
+        match self.provisioned_covering(function_name, &updated.name, &added)? {
+            None => Ok(()),
+            Some((other, version)) => Err(ApiError::ProvisionedAliasMove {
+                function: function_name.clone(),
+                alias: updated.name.clone(),
+                version,
+                provisioned_by: other.qualifier,
+            }),
+        }
     }
 
     /// The provisioned concurrency of functions without a reservation (but `except`):
@@ -254,6 +310,17 @@ impl ControlPlane {
         let requested = u32::try_from(requested).unwrap_or(u32::MAX);
         let (qualifier, version) = self.provisioned_target(function)?;
 
+        // The checks read reservations, every configuration and how aliases route, and
+        // must still hold when the configuration is written: two Puts checked against the
+        // same headroom would both pass. They are not one SQLite transaction (as a
+        // reservation's is) because what they depend on spans three tables and the
+        // routing rules above (weights, both versions of an alias), which the store does
+        // not know. Instead every change that could make them fail (PutFunctionConcurrency,
+        // this Put, UpdateAlias) runs its checks and its write under `concurrency_changes`;
+        // the rest only free headroom or remove overlaps (deleting a reservation, a
+        // configuration, an alias, a version) or add an alias without a configuration.
+        // This process is the store's only writer.
+        let in_order = self.concurrency_changes();
         let others: u64 = self
             .store
             .provisioned(Some(&function.name))?
@@ -296,7 +363,8 @@ impl ControlPlane {
         }
         tracing::info!(function = %function.name, qualifier = %config.qualifier, %version,
             requested, "provisioned concurrency set");
-        self.apply_provisioned(&function.name)?;
+        self.apply_provisioned_held(&function.name, &in_order)?;
+        drop(in_order);
         self.describe_provisioned(&config, false)
     }
 
@@ -353,10 +421,20 @@ impl ControlPlane {
     /// engine in the order they read the store: the last one carries the latest state,
     /// however quickly configurations change.
     pub(super) fn apply_provisioned(&self, function_name: &str) -> Result<(), ApiError> {
+        let in_order = self.concurrency_changes();
+        self.apply_provisioned_held(function_name, &in_order)
+    }
+
+    /// [`Self::apply_provisioned`] for a caller that already holds `concurrency_changes`
+    /// (the guard is the proof), having just written a change under it.
+    pub(super) fn apply_provisioned_held(
+        &self,
+        function_name: &str,
+        _in_order: &ConcurrencyChanges<'_>,
+    ) -> Result<(), ApiError> {
         let Some(listener) = &self.change_listener else {
             return Ok(());
         };
-        let _in_order = self.concurrency_changes();
         let mut targets = std::collections::BTreeMap::<String, u32>::new();
         for config in self.store.provisioned(Some(function_name))? {
             // A configuration whose alias or version is gone provisions nothing.
@@ -383,6 +461,11 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// Whether a qualifier names an alias (not a version).
+fn is_alias(qualifier: &str) -> bool {
+    matches!(Qualifier::of(Some(qualifier)), Qualifier::Alias(_))
 }
 
 /// The additional version's share of `requested` environments at `weight`: the nearest
