@@ -14,6 +14,9 @@
 //! Set `LAMINA_BENCH_SECONDS` (default 5) for the length of each throughput run and
 //! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory;
 //! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
+//! `LAMINA_BENCH_CONCURRENCY` (e.g. `32` or `8,32`) limits the throughput runs to those
+//! concurrencies, and `LAMINA_BENCH_ONLY=throughput` skips the cold-start, scale-out and
+//! idle-environment parts (for profiling one run).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -268,7 +271,29 @@ fn idle_environments(
     );
 }
 
+/// Stops the server however the bench ends, so a failed assertion does not leave a
+/// `lamina serve` (and its environments) running.
+struct ServerGuard(std::process::Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
+    let only_throughput = std::env::var("LAMINA_BENCH_ONLY").as_deref() == Ok("throughput");
+    let concurrencies: Vec<usize> = std::env::var("LAMINA_BENCH_CONCURRENCY")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .map(|c| c.trim().parse().expect("LAMINA_BENCH_CONCURRENCY: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 4, 8, 16, 32, 128]);
     let seconds: f64 = std::env::var("LAMINA_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -281,7 +306,7 @@ fn main() {
     let zip_base64 = base64::engine::general_purpose::STANDARD.encode(&zip);
 
     let data = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_lamina"))
+    let server = Command::new(env!("CARGO_BIN_EXE_lamina"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         // Nothing is reaped during the run, so environments can be counted.
@@ -295,7 +320,8 @@ fn main() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("lamina starts");
-    let stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut server = ServerGuard(server);
+    let stderr = BufReader::new(server.0.stderr.take().unwrap());
     let mut lines = stderr.lines();
     let (host, sandbox) = loop {
         let line = lines.next().expect("lamina printed its address").unwrap();
@@ -316,7 +342,8 @@ fn main() {
     let mut connection = Connection::open(&host);
     let mut create_to_answer = Vec::new();
     let mut first_invoke = Vec::new();
-    for i in 0..20 {
+    let cold_starts = if only_throughput { 0 } else { 20 };
+    for i in 0..cold_starts {
         let name = format!("cold-{i}");
         let started = Instant::now();
         let (status, body) = connection.request(
@@ -334,16 +361,18 @@ fn main() {
     }
     create_to_answer.sort();
     first_invoke.sort();
-    println!(
-        "cold start, create -> first invoke answered (20 functions): p50 {} p99 {}",
-        ms(percentile(&create_to_answer, 0.5)),
-        ms(percentile(&create_to_answer, 0.99))
-    );
-    println!(
-        "cold start, first invoke alone:                            p50 {} p99 {}",
-        ms(percentile(&first_invoke, 0.5)),
-        ms(percentile(&first_invoke, 0.99))
-    );
+    if !only_throughput {
+        println!(
+            "cold start, create -> first invoke answered (20 functions): p50 {} p99 {}",
+            ms(percentile(&create_to_answer, 0.5)),
+            ms(percentile(&create_to_answer, 0.99))
+        );
+        println!(
+            "cold start, first invoke alone:                            p50 {} p99 {}",
+            ms(percentile(&first_invoke, 0.5)),
+            ms(percentile(&first_invoke, 0.99))
+        );
+    }
 
     // Warm: one connection, sequential.
     let name = "warm";
@@ -371,12 +400,12 @@ fn main() {
         ms(*warm.last().unwrap())
     );
 
-    for clients in [1usize, 4, 8, 16, 32, 128] {
+    for clients in concurrencies {
         // Warm enough environments first: overlapping invokes each start one.
         throughput(&host, name, clients, 1.0);
-        let cpu_before = (process_cpu(server.id()), functions_cpu(), own_cpu());
+        let cpu_before = (process_cpu(server.0.id()), functions_cpu(), own_cpu());
         let (rate, latencies) = throughput(&host, name, clients, seconds);
-        let cpu_after = (process_cpu(server.id()), functions_cpu(), own_cpu());
+        let cpu_after = (process_cpu(server.0.id()), functions_cpu(), own_cpu());
         let per_invoke = |before: Duration, after: Duration| {
             after.saturating_sub(before).as_secs_f64() * 1e6 / latencies.len() as f64
         };
@@ -390,18 +419,16 @@ fn main() {
         );
     }
 
+    if only_throughput {
+        return;
+    }
     scale_out(&host, &mut connection, &zip_base64, memory);
     let idle: usize = std::env::var("LAMINA_BENCH_IDLE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    idle_environments(&host, server.id(), &mut connection, &zip_base64, 200);
+    idle_environments(&host, server.0.id(), &mut connection, &zip_base64, 200);
     if idle > 0 {
-        idle_environments(&host, server.id(), &mut connection, &zip_base64, idle);
+        idle_environments(&host, server.0.id(), &mut connection, &zip_base64, idle);
     }
-
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
 }
