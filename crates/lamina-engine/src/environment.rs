@@ -378,7 +378,6 @@ impl Environment {
     }
 }
 
-/// The variables Lambda sets in every environment, then the function's own.
 /// Starts an environment whose main process the runtime's zygote forks.
 fn start_from_zygote(
     sandbox: &dyn Sandbox,
@@ -406,6 +405,7 @@ fn start_from_zygote(
     }
 }
 
+/// The variables Lambda sets in every environment, then the function's own.
 fn environment_variables(
     version: &FunctionVersion,
     context: &StartContext,

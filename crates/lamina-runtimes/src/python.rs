@@ -16,6 +16,9 @@ use crate::{Interpreter, LaunchPaths};
 pub(crate) const BOOTSTRAP: &str = include_str!("../bootstraps/python/bootstrap.py");
 pub(crate) const ZYGOTE: &str = include_str!("../bootstraps/python/zygote.py");
 
+/// What the zygote imports to warm up the import system (`_warm_up_imports`).
+const WARMUP_MODULE: &str = "def handler(event, context):\n    return event\n";
+
 const COMPILE: &str = "import py_compile, sys\n\
 py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True, \
 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
@@ -39,6 +42,17 @@ pub(crate) fn install(interpreter: &Interpreter, dir: &Path) -> Result<(), Strin
         crate::set_mode(&compiled, 0o644)
             .map_err(|e| format!("cannot make {} readable: {e}", compiled.display()))?;
     }
+    // A handler-like module the zygote imports once from source (and forgets), so that
+    // its children import the function's handler with warm import machinery; never on
+    // a function's sys.path.
+    let warmup = dir.join("warmup");
+    std::fs::create_dir_all(&warmup)
+        .map_err(|e| format!("cannot create {}: {e}", warmup.display()))?;
+    crate::set_mode(&warmup, 0o755)
+        .map_err(|e| format!("cannot make {} readable: {e}", warmup.display()))?;
+    let module = warmup.join("_lamina_warmup.py");
+    crate::write_readable(&module, WARMUP_MODULE.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", module.display()))?;
     Ok(())
 }
 

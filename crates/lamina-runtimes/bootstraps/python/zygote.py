@@ -70,6 +70,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 CLONE_NEWPID = 0x20000000
 _OWN_PID_NAMESPACE = -1
+# The highest capability the zygote dropped from its bounding set (see _empty_bounding_set).
+_BOUNDING_SET_EMPTY_TO = -1
 # Set by the interpreter's start-up if it coerced the locale: the server passes no LC_*.
 _COERCED_LC_CTYPE = os.environ.get("LC_CTYPE")
 
@@ -88,6 +90,10 @@ class _CapData(ctypes.Structure):
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# capset's arguments for "no capabilities at all", made once rather than in every child.
+_NO_CAPABILITIES = (_CapHeader(CAPABILITY_VERSION_3, 0), (_CapData * 2)())
 
 
 def _check(result, what):
@@ -164,14 +170,13 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
     resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
     prctl = _libc.prctl
     _check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
-    for cap in range(request["cap_last_cap"] + 1):
+    # The zygote emptied its own bounding set up to _BOUNDING_SET_EMPTY_TO at start-up.
+    for cap in range(_BOUNDING_SET_EMPTY_TO + 1, request["cap_last_cap"] + 1):
         _check(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping capability %d" % cap)
     os.setgroups([])
     os.setresgid(request["gid"], request["gid"], request["gid"])
     os.setresuid(request["uid"], request["uid"], request["uid"])
-    header = _CapHeader(CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    _check(_libc.capset(ctypes.byref(_NO_CAPABILITIES[0]), _NO_CAPABILITIES[1]), "capset")
     # setresuid from root made the process undumpable (execve would have reset it): its
     # own /proc files would be root's and other processes of its user could not trace it.
     _check(prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "PR_SET_DUMPABLE")
@@ -184,7 +189,9 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
             "installing the seccomp filter",
         )
     environ = os.environ
-    environ.clear()
+    # Key by key: os.environ.clear() pops items one scan at a time (quadratic).
+    for name in list(environ):
+        del environ[name]
     for entry in variables.decode("utf-8", "surrogateescape").split("\0"):
         if entry:
             name, _, value = entry.partition("=")
@@ -316,6 +323,48 @@ def _serve_one(sock, data, fds):
     return b"ok %d" % child
 
 
+def _empty_bounding_set():
+    """Drops every capability from the zygote's bounding set, once, instead of in each
+    forked child (~40 prctl calls, ~0.8 ms of a cold start here). The bounding set only
+    limits what an execve may grant, and the zygote never executes anything: its own
+    effective and permitted capabilities, which it needs to set environments up, stay."""
+    global _BOUNDING_SET_EMPTY_TO
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        return
+    for cap in range(last + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            return  # each child drops the rest
+        _BOUNDING_SET_EMPTY_TO = cap
+
+
+def _warm_up_imports():
+    """Imports, and forgets again, a module of source from a read-only directory, as
+    the function's handler will be imported from /var/task. The import system's code
+    then runs in every forked child already specialised (Python rewrites bytecode the
+    first time it runs), and the modules that path needs are loaded: importing the
+    handler cost a forked child ~4 ms without this, ~2 ms with it. Afterwards sys.path,
+    sys.modules and the finder caches are as before."""
+    directory = os.path.join(_RUNTIME_DIR, "warmup")
+    name = "_lamina_warmup"
+    if not os.path.isdir(directory):
+        return
+    sys.path.insert(0, directory)
+    try:
+        __import__(name)
+    except Exception:
+        pass
+    finally:
+        sys.modules.pop(name, None)
+        try:
+            sys.path.remove(directory)
+        except ValueError:
+            pass
+        sys.path_importer_cache.pop(directory, None)
+
+
 def serve(main_module):
     """Runs the zygote: called by the bootstrap, started with _LAMINA_ZYGOTE=1."""
     global _OWN_PID_NAMESPACE, bootstrap
@@ -336,6 +385,10 @@ def serve(main_module):
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGCHLD, _reap)
+    _empty_bounding_set()
+    _warm_up_imports()
+    # The bootstrap's main() imports it (for exit() and quit()): as good as done.
+    import _sitebuiltins  # noqa: F401
     # Everything the zygote has made so far is kept out of the collector's sight: a
     # collection in a forked process would otherwise walk, and so copy, every page of the
     # zygote's heap (as Instagram found; the reason gc.freeze exists).
