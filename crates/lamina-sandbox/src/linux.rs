@@ -624,8 +624,10 @@ impl LinuxSandbox {
             }
         }
 
+        let began = std::time::Instant::now();
         let cgroup = EnvCgroup::plan(&self.layout, &self.cgroup_parent, id);
         cgroup.create(self.cgroups.as_ref(), spec.memory_mb)?;
+        let cgroups_made = began.elapsed();
         let mut env = LinuxEnvironment {
             id: id.to_owned(),
             pid: 0,
@@ -658,6 +660,7 @@ impl LinuxSandbox {
         )
         .map_err(invalid)?;
         *env.lease.lock().expect("lease lock") = Some(lease);
+        let tmp_leased = began.elapsed();
 
         let runtime_api = RUNTIME_API_ADDR.to_string();
         let argv_c: Vec<CString> = spec.argv.iter().map(|a| cstr(a)).collect();
@@ -750,6 +753,13 @@ impl LinuxSandbox {
             }
         };
         drop(into);
+        tracing::debug!(
+            environment = id,
+            cgroups_us = cgroups_made.as_micros() as u64,
+            tmp_us = (tmp_leased - cgroups_made).as_micros() as u64,
+            spawn_us = (began.elapsed() - tmp_leased).as_micros() as u64,
+            "environment's init started"
+        );
         env.pid = spawned.pid;
         env.pidfd = spawned.pidfd;
         *env.status_r.lock().expect("status lock") = Some(spawned.status_r);
