@@ -16,7 +16,9 @@
 //! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
 //! `LAMINA_BENCH_CONCURRENCY` (e.g. `32` or `8,32`) limits the throughput runs to those
 //! concurrencies, and `LAMINA_BENCH_ONLY=throughput` skips the cold-start, scale-out and
-//! idle-environment parts (for profiling one run).
+//! idle-environment parts (for profiling one run). `LAMINA_BENCH_FUNCTION=minimal` runs
+//! `lamina-noop-minimal` (the smallest Runtime API client, blocking std I/O) instead of the
+//! `lambda_runtime` function, to tell the platform's cost from the client library's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -302,7 +304,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1769);
-    let zip = support::test_function_zip();
+    let minimal = std::env::var("LAMINA_BENCH_FUNCTION").as_deref() == Ok("minimal");
+    let zip = if minimal {
+        support::minimal_function_zip()
+    } else {
+        support::test_function_zip()
+    };
     let zip_base64 = base64::engine::general_purpose::STANDARD.encode(&zip);
 
     let data = tempfile::tempdir().unwrap();
@@ -334,7 +341,12 @@ fn main() {
     std::thread::spawn(move || for _ in lines {});
     println!("lamina at {host}; sandbox: {sandbox}");
     println!(
-        "function: lambda_runtime no-op, {memory} MB, zip {} bytes",
+        "function: {} no-op, {memory} MB, zip {} bytes",
+        if minimal {
+            "minimal blocking Runtime API client"
+        } else {
+            "lambda_runtime"
+        },
         zip.len()
     );
 

@@ -263,6 +263,17 @@ pub fn test_function_zip() -> Vec<u8> {
 }
 
 pub fn build_test_function() -> PathBuf {
+    build_test_binary("lamina-testfn")
+}
+
+/// The zip of `lamina-noop-minimal`, the smallest Runtime API client (benchmarks only).
+pub fn minimal_function_zip() -> Vec<u8> {
+    let bytes = std::fs::read(build_test_binary("lamina-noop-minimal")).expect("read the function");
+    zip_of(&[("bootstrap", &bytes, 0o755)])
+}
+
+/// Builds a binary of the `lamina-testfn` package (release) and answers its path.
+fn build_test_binary(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
         .args([
@@ -271,6 +282,8 @@ pub fn build_test_function() -> PathBuf {
             "--quiet",
             "-p",
             "lamina-testfn",
+            "--bin",
+            name,
             "--message-format=json",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -281,7 +294,7 @@ pub fn build_test_function() -> PathBuf {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["target"]["name"] == "lamina-testfn")
+        .filter(|message| message["target"]["name"] == name)
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .expect("cargo reported the test function's executable")
 }
