@@ -630,6 +630,7 @@ async fn every_available_node_version_runs_a_function() {
     let server = LaminaServer::start();
     let client = server.client();
     let code = b"exports.handler = async (event) => ({ echo: event, major: process.versions.node.split('.')[0] });\n";
+    let esm_code = b"export const handler = async (event) => ({ esm: event, major: process.versions.node.split('.')[0] });\n";
     let runtimes = available_runtimes("nodejs");
     assert!(!runtimes.is_empty(), "no Node.js runtime available");
     for runtime in &runtimes {
@@ -648,6 +649,24 @@ async fn every_available_node_version_runs_a_function() {
             got.payload,
             json!({"echo": {"n": 1}, "major": major}),
             "{runtime}: {}",
+            got.log
+        );
+        // An ES module handler too: how it loads differs between versions (import() on
+        // 18, require(esm) where node supports it without a warning).
+        let esm_name = format!("{name}-esm");
+        create_managed(
+            &client,
+            &esm_name,
+            runtime,
+            "index.handler",
+            zip_of(&[("index.mjs", esm_code, 0o644)]),
+        )
+        .await;
+        let got = invoke_tail(&client, &esm_name, json!({"n": 2})).await;
+        assert_eq!(
+            got.payload,
+            json!({"esm": {"n": 2}, "major": major}),
+            "{runtime} (ES module): {}",
             got.log
         );
     }
