@@ -834,14 +834,18 @@ impl ControlPlane {
     /// Deleting a version that does not exist succeeds, as on AWS; a missing function
     /// does not.
     fn delete_version(&self, function: &FunctionRef, version: &str) -> Result<(), ApiError> {
+        // Under the lock a PutProvisionedConcurrencyConfig holds from its check to its
+        // write, so a configuration is never written for a version just deleted.
+        let in_order = self.concurrency_changes();
         match self.store.delete_version(&function.name, version) {
             Ok(VersionDeletion::Deleted) => {
                 tracing::info!(function = %function.name, %version, "version deleted");
                 let had_provisioned = self.store.delete_provisioned(&function.name, version)?;
                 self.version_changed(&function.name, version);
                 if had_provisioned {
-                    self.apply_provisioned(&function.name)?;
+                    self.apply_provisioned_held(&function.name, &in_order)?;
                 }
+                drop(in_order);
                 self.collect_unused_code();
                 Ok(())
             }
@@ -994,9 +998,12 @@ impl ControlPlane {
     pub fn delete_alias(&self, function: &FunctionRef, name: &str) -> Result<(), ApiError> {
         Self::check_alias_name(name)?;
         self.unqualified(function)?;
+        // Under the lock a PutProvisionedConcurrencyConfig holds from its check to its
+        // write, so a configuration is never written for an alias just deleted.
+        let in_order = self.concurrency_changes();
         if self.store.delete_alias(&function.name, name)? {
             if self.store.delete_provisioned(&function.name, name)? {
-                self.apply_provisioned(&function.name)?;
+                self.apply_provisioned_held(&function.name, &in_order)?;
             }
             self.alias_changed(&function.name, name);
             tracing::info!(function = %function.name, alias = %name, "alias deleted");

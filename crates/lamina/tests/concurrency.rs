@@ -642,11 +642,6 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
         .function_name("canary")
         .name("live")
         .function_version("1")
-        .routing_config(
-            AliasRoutingConfiguration::builder()
-                .additional_version_weights("2", 0.5)
-                .build(),
-        )
         .send()
         .await
         .unwrap();
@@ -656,6 +651,19 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
         put.status(),
         Some(&ProvisionedConcurrencyStatusEnum::InProgress)
     );
+    // A canary deployment then shifts half the traffic to version 2.
+    client
+        .update_alias()
+        .function_name("canary")
+        .name("live")
+        .routing_config(
+            AliasRoutingConfiguration::builder()
+                .additional_version_weights("2", 0.5)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     // READY only once both versions have their share: one environment each.
     assert_eq!(allocated_when_ready(&client, "canary", "live").await, 2);
     for version in ["canary:1", "canary:2"] {
@@ -664,6 +672,23 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
             "{version} has a provisioned environment"
         );
     }
+    // While it is weighted, the alias's configuration cannot be put again (AWS's answer).
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("canary")
+        .qualifier("live")
+        .provisioned_concurrent_executions(3)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "InvalidParameterValueException".to_owned(),
+            400,
+            "Alias with weights can not be used with Provisioned Concurrency".to_owned()
+        )
+    );
     // Either version of the alias is taken by its configuration.
     let error = client
         .put_provisioned_concurrency_config()
@@ -716,7 +741,9 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
         );
     }
 
-    // Weighted again: 0.25 of 4 gives version 2 one environment, version 1 three.
+    // Four, then weighted again: 0.25 of 4 gives version 2 one environment, version 1
+    // three.
+    put_provisioned(&client, "canary", "live", 4).await;
     client
         .update_alias()
         .function_name("canary")
@@ -729,7 +756,6 @@ async fn a_weighted_alias_provisions_both_versions_by_weight() {
         .send()
         .await
         .unwrap();
-    put_provisioned(&client, "canary", "live", 4).await;
     // READY needs version 1's three and version 2's one.
     assert_eq!(allocated_when_ready(&client, "canary", "live").await, 4);
 }
@@ -783,21 +809,36 @@ async fn two_aliases_cannot_provision_the_same_version() {
         .unwrap();
     put_provisioned(&client, "shared", "blue", 1).await;
 
-    for alias in ["green", "canary"] {
-        let error = client
-            .put_provisioned_concurrency_config()
-            .function_name("shared")
-            .qualifier(alias)
-            .provisioned_concurrent_executions(1)
-            .send()
-            .await
-            .unwrap_err();
-        assert_eq!(
-            conflict(error),
-            "Alias can't be used for Provisioned Concurrency configuration on version 1, already \
-             Provisioned by shared:blue. Remove that configuration first."
-        );
-    }
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("shared")
+        .qualifier("green")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        conflict(error),
+        "Alias can't be used for Provisioned Concurrency configuration on version 1, already \
+         Provisioned by shared:blue. Remove that configuration first."
+    );
+    // A weighted alias is refused before any overlap is looked at, as AWS refuses it.
+    let error = client
+        .put_provisioned_concurrency_config()
+        .function_name("shared")
+        .qualifier("canary")
+        .provisioned_concurrent_executions(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_error(error),
+        (
+            "InvalidParameterValueException".to_owned(),
+            400,
+            "Alias with weights can not be used with Provisioned Concurrency".to_owned()
+        )
+    );
     let listed = client
         .list_provisioned_concurrency_configs()
         .function_name("shared")

@@ -308,7 +308,6 @@ impl ControlPlane {
         };
         violations.into_result().map_err(RequestError::from)?;
         let requested = u32::try_from(requested).unwrap_or(u32::MAX);
-        let (qualifier, version) = self.provisioned_target(function)?;
 
         // The checks read reservations, every configuration and how aliases route, and
         // must still hold when the configuration is written: two Puts checked against the
@@ -318,9 +317,26 @@ impl ControlPlane {
         // not know. Instead every change that could make them fail (PutFunctionConcurrency,
         // this Put, UpdateAlias) runs its checks and its write under `concurrency_changes`;
         // the rest only free headroom or remove overlaps (deleting a reservation, a
-        // configuration, an alias, a version) or add an alias without a configuration.
+        // configuration) or add an alias without a configuration; deleting an alias or a
+        // version takes the lock too, so that its configuration goes with it.
         // This process is the store's only writer.
         let in_order = self.concurrency_changes();
+        // Resolved under the lock, so that the alias or version cannot be deleted between
+        // this check and the write (which would leave a configuration nothing can reach).
+        let (qualifier, version) = self.provisioned_target(function)?;
+        if let Qualifier::Alias(alias) = function.qualifier_kind()
+            && self
+                .store
+                .get_alias(&function.name, alias)?
+                .is_some_and(|alias| alias.additional.is_some())
+        {
+            // AWS's answer (a weighted alias gets its configuration split by weight only
+            // when the weights come after the configuration, as in a canary deployment).
+            return Err(RequestError::InvalidParameter(
+                "Alias with weights can not be used with Provisioned Concurrency".to_owned(),
+            )
+            .into());
+        }
         let others: u64 = self
             .store
             .provisioned(Some(&function.name))?
