@@ -16,6 +16,9 @@ use crate::{Interpreter, LaunchPaths};
 pub(crate) const BOOTSTRAP: &str = include_str!("../bootstraps/python/bootstrap.py");
 pub(crate) const ZYGOTE: &str = include_str!("../bootstraps/python/zygote.py");
 
+/// Where, in the runtime's directory, the zygote's warm-up module is (`_warm_up_imports`).
+const WARMUP_DIR: &str = "zygote-warm-up";
+
 /// What the zygote imports to warm up the import system (`_warm_up_imports`).
 const WARMUP_MODULE: &str = "def handler(event, context):\n    return event\n";
 
@@ -43,9 +46,10 @@ pub(crate) fn install(interpreter: &Interpreter, dir: &Path) -> Result<(), Strin
             .map_err(|e| format!("cannot make {} readable: {e}", compiled.display()))?;
     }
     // A handler-like module the zygote imports once from source (and forgets), so that
-    // its children import the function's handler with warm import machinery; never on
-    // a function's sys.path.
-    let warmup = dir.join("warmup");
+    // its children import the function's handler with warm import machinery. Its
+    // directory is in /var/runtime, which is on functions' sys.path: a name that is not
+    // an identifier keeps it from being importable there as a namespace package.
+    let warmup = dir.join(WARMUP_DIR);
     std::fs::create_dir_all(&warmup)
         .map_err(|e| format!("cannot create {}: {e}", warmup.display()))?;
     crate::set_mode(&warmup, 0o755)

@@ -168,8 +168,9 @@ impl PendingEnvironment {
 ///    polls as hung up *without* data (data means the root failed: give up),
 ///    `setns(init_pidfd, namespaces & !CLONE_NEWPID)`, `setsid`, stdin from `/dev/null` and stdout/stderr to
 ///    `output`, close every other descriptor, `chdir(cwd)`, set `RLIMIT_CORE` 0 and
-///    `RLIMIT_NOFILE` `nofile`, drop the ambient and bounding capabilities
-///    (`0..=cap_last_cap`), `setgroups([])`, `setresgid`/`setresuid` to `gid`/`uid`, clear
+///    `RLIMIT_NOFILE` `nofile`, drop the ambient capabilities and end with an empty
+///    bounding set (`0..=cap_last_cap`; the adopter may have emptied its own once, as
+///    the zygote does, since no user namespace is joined), `setgroups([])`, `setresgid`/`setresuid` to `gid`/`uid`, clear
 ///    the inheritable set, `PR_SET_NO_NEW_PRIVS`, install each of `seccomp_programs` in
 ///    order, and replace its environment with `env`;
 /// 3. stay the child's parent: when it exits, write its raw wait status (4 bytes, native

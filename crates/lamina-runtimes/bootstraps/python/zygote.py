@@ -170,7 +170,9 @@ def _become_function(request, init_pidfd, output, ready_w, cgroup_files, root_re
     resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
     prctl = _libc.prctl
     _check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
-    # The zygote emptied its own bounding set up to _BOUNDING_SET_EMPTY_TO at start-up.
+    # The zygote emptied its own bounding set up to _BOUNDING_SET_EMPTY_TO at start-up,
+    # which the child inherits; setns cannot refill it because no user namespace is
+    # joined (were one ever joined, the drop would have to happen here, after setns).
     for cap in range(_BOUNDING_SET_EMPTY_TO + 1, request["cap_last_cap"] + 1):
         _check(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping capability %d" % cap)
     os.setgroups([])
@@ -347,7 +349,9 @@ def _warm_up_imports():
     first time it runs), and the modules that path needs are loaded: importing the
     handler cost a forked child ~4 ms without this, ~2 ms with it. Afterwards sys.path,
     sys.modules and the finder caches are as before."""
-    directory = os.path.join(_RUNTIME_DIR, "warmup")
+    # Not an identifier: /var/runtime is on functions' sys.path, and a directory named
+    # like a module would be importable there as a namespace package.
+    directory = os.path.join(_RUNTIME_DIR, "zygote-warm-up")
     name = "_lamina_warmup"
     if not os.path.isdir(directory):
         return
