@@ -10,14 +10,24 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 
-/// Reads one HTTP/1.1 response: the request id header (if any) and the body.
+/// Reads one HTTP/1.1 response: the request id header (if any) and the body. Anything
+/// but a 2xx status is an error, so that a refused answer is never counted as served.
 fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(Option<String>, Vec<u8>)> {
     let mut line = String::new();
     let mut request_id = None;
     let mut length = 0usize;
-    reader.read_line(&mut line)?; // status line
+    reader.read_line(&mut line)?;
     if line.is_empty() {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    if line
+        .split(' ')
+        .nth(1)
+        .is_none_or(|status| !status.starts_with('2'))
+    {
+        return Err(std::io::Error::other(format!(
+            "the Runtime API answered {line:?}"
+        )));
     }
     loop {
         line.clear();
