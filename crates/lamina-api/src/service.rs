@@ -2016,17 +2016,7 @@ mod tests {
     #[test]
     fn policy_allows_evaluates_the_policy_of_the_resource_named() {
         let (cp, _dir) = control_plane();
-        cp.create_function(
-            serde_json::from_value(serde_json::json!({
-                "FunctionName": "f",
-                "Role": "arn:aws:iam::123456789012:role/r",
-                "Runtime": "provided.al2023",
-                "Code": {"ZipFile": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="},
-                "Publish": true
-            }))
-            .unwrap(),
-        )
-        .unwrap();
+        published(&cp, "f");
         cp.add_permission(
             &function("f", None),
             serde_json::from_value(serde_json::json!({

@@ -523,3 +523,35 @@ pub async fn log_messages_once(
     }
     events
 }
+
+/// The JSON log records (lines starting with `{`) of an invocation's log tail, each checked
+/// as AWS's runtimes write them: exactly the `fields` and in that order, the request id
+/// under `request_id_field`, and a `yyyy-MM-ddTHH:mm:ss.SSSZ` timestamp.
+pub fn json_log_records(
+    log: &str,
+    fields: &[&str],
+    request_id_field: &str,
+    request_id: &str,
+) -> Vec<serde_json::Value> {
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    for (line, record) in lines.iter().zip(&records) {
+        let at = |key: &str| line.find(&format!("\"{key}\":")).unwrap_or(usize::MAX);
+        assert!(
+            fields.windows(2).all(|pair| at(pair[0]) < at(pair[1]))
+                && fields.last().is_none_or(|last| at(last) < line.len()),
+            "{line}"
+        );
+        assert_eq!(record.as_object().unwrap().len(), fields.len(), "{line}");
+        assert_eq!(record[request_id_field], request_id);
+        let timestamp = record["timestamp"].as_str().unwrap();
+        assert!(
+            timestamp.len() == 24 && timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T',
+            "{timestamp}"
+        );
+    }
+    records
+}
