@@ -16,7 +16,7 @@ use lamina_sandbox::{
 use tokio::sync::{oneshot, watch};
 
 use crate::log_relay::LogRelay;
-use crate::zygotes::Zygotes;
+use crate::zygotes::{Refill, Zygotes};
 use crate::{EngineError, InitTiming};
 
 /// Counts the environments using each code tree, so that code garbage collection leaves
@@ -91,6 +91,9 @@ pub struct Environment {
     stop_runtime_api: Mutex<Option<oneshot::Sender<()>>>,
     /// Set on the first invoke after a cold start; reported once as `Init Duration`.
     init: Mutex<Option<InitTiming>>,
+    /// For an environment prepared ahead: builds its successor once this one's init is
+    /// over ([`Environment::init_ended`]).
+    after_init: Mutex<Option<Refill>>,
     pub last_used: Mutex<Instant>,
     destroyed: AtomicBool,
     /// The provisioned-concurrency counter this environment is counted in, if any, from
@@ -177,33 +180,59 @@ impl Environment {
             .filter(|_| sandbox.tier() == SandboxTier::Linux)
             .and_then(|launch| {
                 let zygote = launch.zygote.as_ref()?;
-                Some((zygote.key.as_str(), zygotes.get(zygote, &launch.mounts)?))
+                Some((zygote, zygotes.get(zygote, &launch.mounts)?))
             });
-        let started = match zygote {
-            Some((key, template)) => match start_from_zygote(sandbox.as_ref(), &spec, &template) {
-                Ok(started) => started,
-                Err(err) => {
-                    // Only the zygote's own failures retire it; an environment that could
-                    // not be built is that environment's problem (and is retried the usual
-                    // way, which reports it).
-                    if matches!(
-                        err,
-                        lamina_sandbox::SandboxError::Template { .. }
-                            | lamina_sandbox::SandboxError::AdoptionUnsupported { .. }
-                    ) {
-                        tracing::warn!(runtime = %key, %err, "the zygote failed; retiring it and starting this environment the usual way");
-                        zygotes.retire(key);
-                    } else {
-                        tracing::warn!(runtime = %key, %err, "an environment could not start from the zygote; starting it the usual way");
-                    }
-                    sandbox.start(&spec).map_err(EngineError::Sandbox)?
+        // An environment built ahead, if one waits; else one forked from the zygote now.
+        let claimed = zygote.as_ref().and_then(|(launch, template)| {
+            let (prepared, refill) = zygotes.take_prepared(launch, template, &spec)?;
+            let id = prepared.environment_id().to_owned();
+            match prepared.claim(&spec) {
+                Ok(started) => {
+                    tracing::debug!(
+                        elapsed_us = sandbox_started.elapsed().as_micros() as u64,
+                        environment = %id,
+                        "prepared environment claimed"
+                    );
+                    Some((id, started, refill))
                 }
-            },
-            None => sandbox.start(&spec).map_err(EngineError::Sandbox)?,
+                Err(err) => {
+                    tracing::warn!(runtime = %launch.key, %err, "a prepared environment could not take the function; forking one from the zygote");
+                    None
+                }
+            }
+        });
+        let (environment_id, claimed, refill) = match claimed {
+            Some((id, started, refill)) => (id, Some(started), Some(refill)),
+            None => (context.environment_id.clone(), None, None),
+        };
+        let started = match (claimed, zygote) {
+            (Some(started), _) => started,
+            (None, Some((launch, template))) => {
+                match start_from_zygote(sandbox.as_ref(), &spec, &template) {
+                    Ok(started) => started,
+                    Err(err) => {
+                        // Only the zygote's own failures retire it; an environment that could
+                        // not be built is that environment's problem (and is retried the usual
+                        // way, which reports it).
+                        if matches!(
+                            err,
+                            lamina_sandbox::SandboxError::Template { .. }
+                                | lamina_sandbox::SandboxError::AdoptionUnsupported { .. }
+                        ) {
+                            tracing::warn!(runtime = %launch.key, %err, "the zygote failed; retiring it and starting this environment the usual way");
+                            zygotes.retire(&launch.key);
+                        } else {
+                            tracing::warn!(runtime = %launch.key, %err, "an environment could not start from the zygote; starting it the usual way");
+                        }
+                        sandbox.start(&spec).map_err(EngineError::Sandbox)?
+                    }
+                }
+            }
+            (None, None) => sandbox.start(&spec).map_err(EngineError::Sandbox)?,
         };
         tracing::debug!(
             elapsed_us = sandbox_started.elapsed().as_micros() as u64,
-            environment = %context.environment_id,
+            environment = %environment_id,
             "sandbox started"
         );
         let handle: Arc<dyn EnvironmentHandle> = Arc::from(started.handle);
@@ -263,18 +292,31 @@ impl Environment {
         }
         Ok(Arc::new(Environment {
             _code: code_lease,
-            id: context.environment_id.clone(),
+            id: environment_id,
             runtime_api,
             handle,
             exit: exit_rx,
             logs: log_relay,
             stop_runtime_api: Mutex::new(Some(stop_tx)),
             init: Mutex::new(None),
+            after_init: Mutex::new(refill),
             last_used: Mutex::new(Instant::now()),
             destroyed: AtomicBool::new(false),
             provisioned: context.provisioned.clone(),
             counted: AtomicBool::new(false),
         }))
+    }
+
+    /// Called once the runtime's init is over, however it ended.
+    pub fn init_ended(&self) {
+        let refill = self
+            .after_init
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(refill) = refill {
+            refill.start();
+        }
     }
 
     /// Resolves when the environment's main process has exited.

@@ -107,6 +107,9 @@ pub struct EngineConfig {
     pub runtimes: Arc<lamina_runtimes::RuntimeCatalog>,
     /// Whether runtimes with a zygote (Python) fork cold starts from it ([`zygotes`]).
     pub zygotes: bool,
+    /// How many environments each zygote keeps built ahead of any function, for cold
+    /// starts to take ([`lamina_sandbox::PreparedEnvironment`]); 0 prepares none.
+    pub prepared_environments: usize,
 }
 
 /// A synchronous invocation, as the API layer parsed it.
@@ -298,7 +301,11 @@ impl Engine {
         for (function_name, reserved) in store.reservations()? {
             concurrency.set_reservation(&function_name, Some(reserved));
         }
-        let zygotes = Arc::new(zygotes::Zygotes::new(config.zygotes));
+        let zygotes = Arc::new(zygotes::Zygotes::new(
+            config.zygotes,
+            config.prepared_environments,
+            sandbox.clone(),
+        ));
         Ok(Arc::new_cyclic(|myself| Engine {
             myself: myself.clone(),
             config,
@@ -691,6 +698,7 @@ impl Engine {
 
     /// Destroys every environment (server shutdown).
     pub fn shutdown(&self) {
+        self.zygotes.shutdown();
         let slots: Vec<_> = self
             .slots
             .write()
@@ -1045,7 +1053,7 @@ impl Engine {
     }
 
     async fn wait_until_ready(&self, environment: &Arc<Environment>) -> Result<(), Ending> {
-        tokio::select! {
+        let ended = tokio::select! {
             biased;
             state = environment.runtime_api.ready() => match state {
                 InitState::Ready => Ok(()),
@@ -1063,7 +1071,9 @@ impl Engine {
                 _ => Err(Ending::Exited(exit)),
             },
             _ = tokio::time::sleep(INIT_TIMEOUT) => Err(Ending::TimedOut),
-        }
+        };
+        environment.init_ended();
+        ended
     }
 
     /// Turns how an invocation ended into the caller's response, writes END and REPORT,

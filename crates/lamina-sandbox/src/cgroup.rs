@@ -360,6 +360,29 @@ impl EnvCgroup {
                 source,
             })?;
         }
+        self.set_limits(fs, memory_mb)
+    }
+
+    /// Lowers the limits of a running environment to those of `memory_mb` (its usage must
+    /// be below): the CPU burst goes to 0 first, since the kernel refuses a quota below
+    /// the burst; the order of [`EnvCgroup::limit_writes`] keeps v1's memory limit at or
+    /// under memory+swap's.
+    pub(crate) fn lower_limits(
+        &self,
+        fs: &dyn CgroupFs,
+        memory_mb: u32,
+    ) -> Result<(), SandboxError> {
+        let burst = match &self.layout {
+            CgroupLayout::V1 { .. } => self.join_after_clone[1].join("cpu.cfs_burst_us"),
+            CgroupLayout::V2 { .. } => self.memory_dir.join("cpu.max.burst"),
+        };
+        // Optional, as the burst itself is (kernels before 5.14 have none).
+        let _ = fs.write(&burst, "0");
+        self.set_limits(fs, memory_mb)
+    }
+
+    /// Writes the limits of a new environment of `memory_mb`.
+    fn set_limits(&self, fs: &dyn CgroupFs, memory_mb: u32) -> Result<(), SandboxError> {
         for write in self.limit_writes(memory_mb) {
             match fs.write(&write.path, &write.value) {
                 Ok(()) => {}

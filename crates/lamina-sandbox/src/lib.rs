@@ -28,6 +28,7 @@ mod error;
 mod linux;
 mod mount_plan;
 mod net;
+mod prepared;
 mod process;
 mod seccomp;
 mod spawner;
@@ -35,11 +36,12 @@ mod sys;
 mod template;
 mod tmp_pool;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::SandboxError;
-pub use template::{Template, TemplateSpec};
+pub use prepared::PreparedEnvironment;
+pub use template::{Template, TemplateSpec, VariablesSender};
 
 /// Which tier the caller asks for (`lamina serve --sandbox auto|linux|process`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,55 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
         Err(SandboxError::AdoptionUnsupported {
             reason: format!("the {:?} tier runs no init to adopt into", self.tier()),
         })
+    }
+
+    /// Builds an environment for adoption before any function is known, as
+    /// [`Sandbox::start_for_adoption`] does, but with `/var/task` and `/opt` left empty:
+    /// [`EnvironmentHandle::attach_code`] mounts a function's code into it later, and
+    /// [`EnvironmentHandle::set_memory`] gives it the function's limits. The adoption's
+    /// `env` is empty; the adopter's child waits for the variables (see
+    /// [`Template::adopt_prepared`]). A cold start that takes such an environment skips
+    /// the namespaces, cgroups, root and the adopter's set-up, which were done ahead.
+    fn prepare_for_adoption(
+        &self,
+        spec: &PreparedSpec,
+    ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
+        let _ = spec;
+        Err(SandboxError::AdoptionUnsupported {
+            reason: format!("the {:?} tier cannot prepare environments", self.tier()),
+        })
+    }
+}
+
+/// An environment built ahead of its function ([`Sandbox::prepare_for_adoption`]).
+#[derive(Debug, Clone)]
+pub struct PreparedSpec {
+    /// As [`EnvironmentSpec::environment_id`].
+    pub environment_id: String,
+    /// The runtime's directories, as [`EnvironmentSpec::runtime_mounts`].
+    pub runtime_mounts: Vec<(PathBuf, PathBuf)>,
+    /// The memory limit until [`EnvironmentHandle::set_memory`] sets the function's.
+    pub memory_mb: u32,
+    pub ephemeral_storage_mb: u32,
+    /// The program the adopter stands for (it is not run; it names failures).
+    pub argv: Vec<String>,
+    pub cwd: String,
+}
+
+impl PreparedSpec {
+    /// The spec of the environment as built: no code, no variables.
+    pub(crate) fn environment_spec(&self) -> EnvironmentSpec {
+        EnvironmentSpec {
+            environment_id: self.environment_id.clone(),
+            task_dir: PathBuf::new(),
+            opt_dir: None,
+            runtime_mounts: self.runtime_mounts.clone(),
+            memory_mb: self.memory_mb,
+            ephemeral_storage_mb: self.ephemeral_storage_mb,
+            argv: self.argv.clone(),
+            env: Vec::new(),
+            cwd: self.cwd.clone(),
+        }
     }
 }
 
@@ -255,6 +306,29 @@ pub trait EnvironmentHandle: Send + Sync + std::fmt::Debug {
     /// Kills what is left, reaps, and releases cgroups and `/tmp` storage. Idempotent;
     /// dropping the handle does it too.
     fn destroy(&self);
+
+    /// Mounts a function's code read-only at `/var/task` (and its layers at `/opt`) in an
+    /// environment made by [`Sandbox::prepare_for_adoption`].
+    fn attach_code(&self, task_dir: &Path, opt_dir: Option<&Path>) -> Result<(), SandboxError> {
+        let _ = (task_dir, opt_dir);
+        Err(SandboxError::AdoptionUnsupported {
+            reason: "this environment was not prepared ahead".to_owned(),
+        })
+    }
+
+    /// Lowers the memory limit, and the CPU share that follows it, of a prepared
+    /// environment (made with the largest) to a function's.
+    fn set_memory(&self, memory_mb: u32) -> Result<(), SandboxError> {
+        let _ = memory_mb;
+        Err(SandboxError::AdoptionUnsupported {
+            reason: "this environment was not prepared ahead".to_owned(),
+        })
+    }
+
+    /// Whether the main process is known to have ended, without blocking.
+    fn has_ended(&self) -> bool {
+        false
+    }
 }
 
 /// How an environment's main process ended.

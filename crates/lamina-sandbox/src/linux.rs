@@ -50,8 +50,8 @@ use crate::spawner::{self, ChildConfig, Outcome, SpawnError, Spawner, StartReque
 use crate::sys;
 use crate::tmp_pool::{Ext4Pool, TmpLease, TmpStorage, TmpfsStorage};
 use crate::{
-    Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, PendingEnvironment, Sandbox,
-    SandboxError, SandboxOptions, SandboxTier, StartedEnvironment,
+    Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, PendingEnvironment,
+    PreparedSpec, Sandbox, SandboxError, SandboxOptions, SandboxTier, StartedEnvironment,
 };
 
 pub(crate) const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -577,7 +577,7 @@ impl Sandbox for LinuxSandbox {
     }
 
     fn start(&self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError> {
-        self.start_environment(spec, false)
+        self.start_environment(spec, false, CodeMount::Now)
             .map(|(started, _, _)| started)
     }
 
@@ -585,7 +585,32 @@ impl Sandbox for LinuxSandbox {
         &self,
         spec: &EnvironmentSpec,
     ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
-        let (started, adoption, root) = self.start_environment(spec, true)?;
+        self.adoptable(spec, CodeMount::Now)
+    }
+
+    fn prepare_for_adoption(
+        &self,
+        spec: &PreparedSpec,
+    ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
+        self.adoptable(&spec.environment_spec(), CodeMount::Later)
+    }
+}
+
+/// Whether the function's code is part of the root as it is built, or attached later
+/// ([`EnvironmentHandle::attach_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodeMount {
+    Now,
+    Later,
+}
+
+impl LinuxSandbox {
+    fn adoptable(
+        &self,
+        spec: &EnvironmentSpec,
+        code: CodeMount,
+    ) -> Result<(PendingEnvironment, Adoption), SandboxError> {
+        let (started, adoption, root) = self.start_environment(spec, true, code)?;
         let adoption = adoption.ok_or_else(|| SandboxError::AdoptionUnsupported {
             reason: "the kernel gave the environment's init no pidfd (Linux 5.3 or later is needed, 5.8 for setns through it)".to_owned(),
         })?;
@@ -595,9 +620,7 @@ impl Sandbox for LinuxSandbox {
         });
         Ok((pending, adoption))
     }
-}
 
-impl LinuxSandbox {
     /// Starts an environment. Without `adopt`, returns once the function process has
     /// exec'd. With it, returns at once with what the adopter needs (`None` without a pidfd
     /// of the init to `setns` through) and the root still being built.
@@ -605,6 +628,7 @@ impl LinuxSandbox {
         &self,
         spec: &EnvironmentSpec,
         adopt: bool,
+        code: CodeMount,
     ) -> Result<(StartedEnvironment, Option<Adoption>, Option<RootSetup>), SandboxError> {
         crate::validate_spec(spec)?;
         let id = spec.environment_id.as_str();
@@ -612,8 +636,12 @@ impl LinuxSandbox {
             environment_id: id.to_owned(),
             reason,
         };
-        let mut dirs: Vec<&Path> = vec![&spec.task_dir];
-        dirs.extend(spec.opt_dir.as_deref());
+        let (task_dir, opt_dir) = match code {
+            CodeMount::Now => (Some(spec.task_dir.as_path()), spec.opt_dir.as_deref()),
+            CodeMount::Later => (None, None),
+        };
+        let mut dirs: Vec<&Path> = task_dir.into_iter().collect();
+        dirs.extend(opt_dir);
         dirs.extend(spec.runtime_mounts.iter().map(|(host, _)| host.as_path()));
         for dir in dirs {
             if !dir.is_dir() {
@@ -652,8 +680,8 @@ impl LinuxSandbox {
             &self.root_dir,
             &self.facts,
             &RootSpec {
-                task_dir: &spec.task_dir,
-                opt_dir: spec.opt_dir.as_deref(),
+                task_dir,
+                opt_dir,
                 runtime_mounts: &spec.runtime_mounts,
                 tmp,
             },
@@ -779,7 +807,7 @@ impl LinuxSandbox {
             ready_r,
             plan,
             cwd: spec.cwd.clone(),
-            program: spec.argv[0].clone(),
+            program: spec.argv.first().cloned().unwrap_or_default(),
         };
         let root = if adopt {
             Some(root)
@@ -996,6 +1024,57 @@ impl EnvironmentHandle for LinuxEnvironment {
             .trim()
             .parse()
             .ok()
+    }
+
+    fn attach_code(&self, task_dir: &Path, opt_dir: Option<&Path>) -> Result<(), SandboxError> {
+        let Some(pidfd) = &self.pidfd else {
+            return Err(SandboxError::AdoptionUnsupported {
+                reason: "no pidfd of the environment's init to reach its mount namespace"
+                    .to_owned(),
+            });
+        };
+        let invalid = |reason: String| SandboxError::InvalidSpec {
+            environment_id: self.id.clone(),
+            reason,
+        };
+        let mut trees = vec![(
+            mount_plan::cstring(task_dir).map_err(invalid)?,
+            c"/var/task".to_owned(),
+        )];
+        if let Some(opt) = opt_dir {
+            trees.push((
+                mount_plan::cstring(opt).map_err(invalid)?,
+                c"/opt".to_owned(),
+            ));
+        }
+        let trees: Vec<(&CStr, &CStr)> = trees
+            .iter()
+            .map(|(host, inside)| (host.as_c_str(), inside.as_c_str()))
+            .collect();
+        sys::attach_trees(pidfd.as_raw_fd(), &trees)
+            .map_err(|e| SandboxError::syscall("open_tree + move_mount of the code", &self.id, e))
+    }
+
+    fn set_memory(&self, memory_mb: u32) -> Result<(), SandboxError> {
+        self.cgroup.lower_limits(self.cgroups.as_ref(), memory_mb)
+    }
+
+    fn has_ended(&self) -> bool {
+        if self.exit.lock().expect("exit lock").is_some() {
+            return true;
+        }
+        // The status pipe is readable (a status, or EOF) once the main process is gone.
+        let status = self.status_r.lock().expect("status lock");
+        let Some(file) = status.as_ref() else {
+            return true;
+        };
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
     }
 
     fn destroy(&self) {

@@ -167,7 +167,9 @@ impl HostFacts {
 /// What one environment's root is made of.
 #[derive(Debug, Clone)]
 pub(crate) struct RootSpec<'a> {
-    pub task_dir: &'a Path,
+    /// `None` for a prepared environment: `/var/task` (and `/opt`) stay empty until
+    /// the code is attached (see `crate::PreparedEnvironment`).
+    pub task_dir: Option<&'a Path>,
     pub opt_dir: Option<&'a Path>,
     pub runtime_mounts: &'a [(PathBuf, PathBuf)],
     pub tmp: TmpSource<'a>,
@@ -347,7 +349,9 @@ impl MountPlan {
         b.file("/etc/passwd", passwd.as_bytes(), 0o644)?;
         b.file("/etc/group", group.as_bytes(), 0o644)?;
 
-        b.bind_ro(spec.task_dir, "/var/task")?;
+        if let Some(task) = spec.task_dir {
+            b.bind_ro(task, "/var/task")?;
+        }
         if let Some(opt) = spec.opt_dir {
             b.bind_ro(opt, "/opt")?;
         }
@@ -633,7 +637,7 @@ mod tests {
     fn plan_builds_a_read_only_root_with_the_expected_mounts() {
         let runtime = vec![(PathBuf::from("/srv/rt/python"), PathBuf::from("/var/lang"))];
         let spec = RootSpec {
-            task_dir: Path::new("/srv/code/abc"),
+            task_dir: Some(Path::new("/srv/code/abc")),
             opt_dir: Some(Path::new("/srv/layers/abc")),
             runtime_mounts: &runtime,
             tmp: TmpSource::Dir(Path::new("/state/tmp/7")),
@@ -706,7 +710,7 @@ mod tests {
         ] {
             let runtime = vec![(PathBuf::from("/srv/rt"), PathBuf::from(bad))];
             let spec = RootSpec {
-                task_dir: Path::new("/t"),
+                task_dir: Some(Path::new("/t")),
                 opt_dir: None,
                 runtime_mounts: &runtime,
                 tmp: TmpSource::Tmpfs(64),
@@ -759,7 +763,7 @@ mod tests {
     #[test]
     fn execution_stops_at_the_first_failure_and_names_the_step() {
         let spec = RootSpec {
-            task_dir: Path::new("/t"),
+            task_dir: Some(Path::new("/t")),
             opt_dir: None,
             runtime_mounts: &[],
             tmp: TmpSource::Tmpfs(64),

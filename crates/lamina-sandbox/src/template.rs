@@ -13,14 +13,16 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` pair whose other end is the template's descriptor 3:
 //! the template first sends `ready`; then each request (one at a time) is NUL-separated
-//! text — `namespaces, uid, gid, nofile, cap_last_cap, cwd, n, cgroup.procs paths…, n,
-//! seccomp programs in hex…` — with the init's pidfd, the output and status pipes' write
+//! text — `namespaces, uid, gid, nofile, cap_last_cap, cwd, deferred (0|1), n, cgroup.procs
+//! paths…, n, seccomp programs in hex…` — with the init's pidfd, the output and status pipes' write
 //! ends, the root-ready pipe's read end and the read end of a pipe holding the
 //! environment's variables (NUL-separated `NAME=value`) attached. The variables travel
 //! apart so that only the forked child reads them: what the template itself reads stays
 //! in its memory, which every later environment inherits, and one function's secrets must
 //! not reach another. The reply is `ok <pid>` once the main process is set up and about to
-//! run the runtime, or `error <reason>`. What the template must do with a request is
+//! run the runtime, or `error <reason>`. With `deferred` 1 (a prepared environment, whose
+//! function is not known yet) the child answers before reading its variables and changing
+//! to `cwd`, and then waits for the variables pipe to be written and closed. What the template must do with a request is
 //! [`crate::Adoption`]'s contract; Lamina's Python zygote
 //! (`lamina-runtimes/bootstraps/python/zygote.py`) implements it.
 //!
@@ -312,9 +314,37 @@ impl Template {
     /// [`SandboxError::Template`] means the template itself failed (stop using it); a
     /// [`SandboxError::Setup`] is this environment's failure, reported by the child.
     pub fn adopt(&self, adoption: Adoption) -> Result<u32, SandboxError> {
-        let request = encode(&adoption);
-        let variables = variables_pipe(&adoption.env)
+        let (variables, sender) = sys::pipe()
             .map_err(|e| template_error(&self.name, format!("pipe for the variables: {e}")))?;
+        // Lambda caps a function's variables at 4 KB: with the runtime's own they fit a
+        // pipe's buffer (64 KB), so this write does not wait for the child to read.
+        VariablesSender(std::fs::File::from(sender))
+            .send(&adoption.env)
+            .map_err(|e| template_error(&self.name, format!("writing the variables: {e}")))?;
+        self.exchange(adoption, Deferral::None, variables)
+    }
+
+    /// As [`Template::adopt`], for an environment made by
+    /// [`crate::Sandbox::prepare_for_adoption`]: the child sets itself up except for its
+    /// variables and working directory, the template answers, and the child then waits
+    /// until the returned sender delivers the variables (after the code is attached).
+    pub fn adopt_prepared(
+        &self,
+        adoption: Adoption,
+    ) -> Result<(u32, VariablesSender), SandboxError> {
+        let (variables, sender) = sys::pipe()
+            .map_err(|e| template_error(&self.name, format!("pipe for the variables: {e}")))?;
+        let pid = self.exchange(adoption, Deferral::UntilVariables, variables)?;
+        Ok((pid, VariablesSender(std::fs::File::from(sender))))
+    }
+
+    fn exchange(
+        &self,
+        adoption: Adoption,
+        deferral: Deferral,
+        variables: OwnedFd,
+    ) -> Result<u32, SandboxError> {
+        let request = encode(&adoption, deferral);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         if self.broken.load(Ordering::SeqCst) {
             return Err(template_error(&self.name, "an earlier exchange failed"));
@@ -400,20 +430,30 @@ impl Drop for Template {
 
 /// A pipe holding `env` (NUL-separated `NAME=value`), its write end closed: the read end
 /// for the template's child.
-fn variables_pipe(env: &[(String, String)]) -> std::io::Result<OwnedFd> {
-    let mut text = Vec::new();
-    for (name, value) in env {
-        text.extend_from_slice(name.as_bytes());
-        text.push(b'=');
-        text.extend_from_slice(value.as_bytes());
-        text.push(0);
+/// Whether the adopted child waits for its variables after the template has answered.
+#[derive(Debug, Clone, Copy)]
+enum Deferral {
+    None,
+    UntilVariables,
+}
+
+/// The write end of the pipe an adopted child reads its variables from (NUL-separated
+/// `NAME=value`, until EOF).
+#[derive(Debug)]
+pub struct VariablesSender(std::fs::File);
+
+impl VariablesSender {
+    /// Writes the complete environment and closes the pipe: the child goes on.
+    pub fn send(mut self, env: &[(String, String)]) -> std::io::Result<()> {
+        let mut text = Vec::new();
+        for (name, value) in env {
+            text.extend_from_slice(name.as_bytes());
+            text.push(b'=');
+            text.extend_from_slice(value.as_bytes());
+            text.push(0);
+        }
+        std::io::Write::write_all(&mut self.0, &text)
     }
-    let (read, write) = sys::pipe()?;
-    // Lambda caps a function's variables at 4 KB: with the runtime's own they fit a pipe's
-    // buffer (64 KB), so this write does not wait for a reader.
-    let mut write = std::fs::File::from(write);
-    std::io::Write::write_all(&mut write, &text)?;
-    Ok(read)
 }
 
 fn set_receive_timeout(sock: &OwnedFd, timeout: Duration) -> std::io::Result<()> {
@@ -438,7 +478,7 @@ fn set_receive_timeout(sock: &OwnedFd, timeout: Duration) -> std::io::Result<()>
 }
 
 /// The request text (see the module documentation).
-fn encode(adoption: &Adoption) -> Vec<u8> {
+fn encode(adoption: &Adoption, deferral: Deferral) -> Vec<u8> {
     let mut fields: Vec<String> = vec![
         adoption.namespaces.to_string(),
         adoption.uid.to_string(),
@@ -446,6 +486,11 @@ fn encode(adoption: &Adoption) -> Vec<u8> {
         adoption.nofile.to_string(),
         adoption.cap_last_cap.to_string(),
         adoption.cwd.clone(),
+        match deferral {
+            Deferral::None => "0",
+            Deferral::UntilVariables => "1",
+        }
+        .to_owned(),
         adoption.cgroup_procs.len().to_string(),
     ];
     fields.extend(

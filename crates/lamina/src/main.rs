@@ -111,6 +111,11 @@ struct ServeArgs {
     /// zygote, linux sandbox tier only); `off` starts a fresh interpreter every time.
     #[arg(long, env = "LAMINA_ZYGOTE", default_value = "on", value_parser = ["on", "off"])]
     zygote: String,
+    /// With the zygote on: how many environments each Python runtime keeps built ahead
+    /// (namespaces, cgroups, root and the forked interpreter, waiting for a function's
+    /// code), so a cold start only attaches the code. 0 turns this off.
+    #[arg(long, env = "LAMINA_PREPARED_ENVIRONMENTS", default_value_t = 1)]
+    prepared_environments: usize,
     /// The account's concurrency limit: invocations running at once across all functions
     /// (AWS's default is 1,000; at least 100, or all of a smaller limit, stay unreserved).
     #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
@@ -327,6 +332,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 runtimes: runtimes.clone(),
                 zygotes: args.zygote == "on",
+                prepared_environments: args.prepared_environments,
             },
             store.clone(),
             code.clone(),

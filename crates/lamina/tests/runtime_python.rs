@@ -826,8 +826,27 @@ def handler(event, context):
         "session_leader": os.getsid(0) == os.getpid(),
         "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
         "environ_keys": sorted(os.environ),
+        "mounts": {
+            fields[4]: fields[5]
+            for fields in (line.split() for line in open("/proc/self/mountinfo"))
+            if fields[4] in ("/var/task", "/opt")
+        },
+        "layer": open("/opt/python/probe_layer.py").read() if os.path.exists("/opt/python") else None,
+        "age_ms": (
+            float(open("/proc/uptime").read().split()[0])
+            - int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        ) * 1000,
     }
 "#;
+
+/// How a cold start after the zygote is ready gets its process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColdStart {
+    /// Forked from the zygote for this cold start.
+    Forked,
+    /// A prepared environment, built (and its process forked) ahead of the invoke.
+    Prepared,
+}
 
 /// Python cold starts fork from the runtime's zygote once it is ready (`os.getppid()`
 /// is 0 there: the zygote's child that waits for the function is outside the
@@ -835,13 +854,41 @@ def handler(event, context):
 /// the forked process is isolated and limited exactly as an exec'd one.
 #[tokio::test]
 async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
+    let server = LaminaServer::start_with(&["--prepared-environments", "0"]);
+    isolation_and_limits_hold(&server, ColdStart::Forked).await;
+}
+
+/// Once the zygote is ready, a cold start takes an environment prepared ahead — its
+/// process started before the invoke was sent — with the function's code and layers
+/// mounted into it as they are into a new one, and it too is isolated and limited
+/// exactly as an exec'd runtime: its memory limit is the function's, not the one it was
+/// prepared with.
+#[tokio::test]
+async fn cold_starts_take_a_prepared_environment_with_the_same_isolation_and_limits() {
     let server = LaminaServer::start();
-    if !linux_tier(&server) {
+    isolation_and_limits_hold(&server, ColdStart::Prepared).await;
+}
+
+async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
+    if !linux_tier(server) {
         eprintln!("!!!!! SKIPPED: the zygote needs the linux tier (root) !!!!!");
         return;
     }
     let client = server.client();
     let runtime = python();
+    let layer = client
+        .publish_layer_version()
+        .layer_name("probe-layer")
+        .content(
+            aws_sdk_lambda::types::LayerVersionContentInput::builder()
+                .zip_file(
+                    zip_of(&[("python/probe_layer.py", b"FROM = 'the layer'\n", 0o644)]).into(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("publish_layer_version succeeds");
     create_managed_with(
         &client,
         "forked",
@@ -849,11 +896,14 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
         "probe.handler",
         zip_of(&[("probe.py", ISOLATION_PROBE.as_bytes(), 0o644)]),
         |b| {
-            b.memory_size(128).timeout(2).environment(
-                aws_sdk_lambda::types::Environment::builder()
-                    .variables("PROBE_VARIABLE", "from the function")
-                    .build(),
-            )
+            b.memory_size(128)
+                .timeout(2)
+                .layers(layer.layer_version_arn().unwrap())
+                .environment(
+                    aws_sdk_lambda::types::Environment::builder()
+                        .variables("PROBE_VARIABLE", "from the function")
+                        .build(),
+                )
         },
     )
     .await;
@@ -867,6 +917,7 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
     // Each configuration update retires the environments: the next invoke is cold.
     let mut forked = None;
     for attempt in 0..50 {
+        let updated = std::time::Instant::now();
         client
             .update_function_configuration()
             .function_name("forked")
@@ -876,13 +927,26 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
             .unwrap();
         let cold = invoke_tail(&client, "forked", json!({})).await;
         assert_eq!(cold.function_error, None, "{}", cold.payload);
+        // The process's start time has a resolution of one clock tick (10 ms).
+        let ahead = cold.payload["age_ms"].as_f64().unwrap()
+            > updated.elapsed().as_secs_f64() * 1000.0 + 20.0;
         if cold.payload["ppid"] == 0 {
-            forked = Some(cold);
-            break;
+            let got = if ahead {
+                ColdStart::Prepared
+            } else {
+                ColdStart::Forked
+            };
+            if expected == ColdStart::Forked {
+                assert_eq!(got, expected, "{}", cold.payload);
+            }
+            if got == expected {
+                forked = Some(cold);
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let forked = forked.expect("a cold start forked from the zygote within 50 attempts");
+    let forked = forked.unwrap_or_else(|| panic!("a {expected:?} cold start within 50 attempts"));
     let probe = &forked.payload;
     // Whatever an exec'd runtime sees, the forked one sees too.
     for field in [
@@ -914,6 +978,8 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
         "rlimit_nofile",
         "session_leader",
         "oom_score_adj",
+        "mounts",
+        "layer",
     ] {
         assert_eq!(
             probe[field], first.payload[field],
@@ -939,6 +1005,14 @@ async fn cold_starts_fork_from_the_zygote_with_the_same_isolation_and_limits() {
     );
     assert_eq!(probe["variable"], "from the function");
     assert_eq!(probe["memory"], "128");
+    assert_eq!(probe["layer"], "FROM = 'the layer'\n");
+    for mount in ["/var/task", "/opt"] {
+        let options = probe["mounts"][mount].as_str().unwrap_or_default();
+        assert!(
+            options.starts_with("ro,nosuid,nodev"),
+            "{mount} read-only: {probe}"
+        );
+    }
     assert_eq!(probe["main_module"], "__main__");
     // The same variables, but for the per-environment ones that differ by design.
     let keys = |payload: &Value| -> Vec<String> {
