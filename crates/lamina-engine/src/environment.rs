@@ -195,8 +195,8 @@ impl Environment {
                     );
                     Some((id, started, refill))
                 }
-                Err(err) => {
-                    tracing::warn!(runtime = %launch.key, %err, "a prepared environment could not take the function; forking one from the zygote");
+                Err(failed) => {
+                    zygotes.claim_failed(&launch.key, failed);
                     None
                 }
             }

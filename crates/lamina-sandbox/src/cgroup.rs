@@ -360,17 +360,18 @@ impl EnvCgroup {
                 source,
             })?;
         }
-        self.set_limits(fs, memory_mb)
+        write_limits(fs, self.limit_writes(memory_mb))
     }
 
-    /// Lowers the limits of a running environment to those of `memory_mb` (its usage must
-    /// be below): the CPU burst goes to 0 first, since the kernel refuses a quota below
-    /// the burst; the order of [`EnvCgroup::limit_writes`] keeps v1's memory limit at or
-    /// under memory+swap's.
-    pub(crate) fn lower_limits(
+    /// Changes the limits of a running environment from those of `from_mb` to those of
+    /// `to_mb` (its usage must be below the new ones). The CPU burst goes to 0 first, as
+    /// the kernel refuses a quota below the burst; v1's memory+swap limit must never be
+    /// below the memory limit, so it moves first when raising and last when lowering.
+    pub(crate) fn change_limits(
         &self,
         fs: &dyn CgroupFs,
-        memory_mb: u32,
+        from_mb: u32,
+        to_mb: u32,
     ) -> Result<(), SandboxError> {
         let burst = match &self.layout {
             CgroupLayout::V1 { .. } => self.join_after_clone[1].join("cpu.cfs_burst_us"),
@@ -378,27 +379,16 @@ impl EnvCgroup {
         };
         // Optional, as the burst itself is (kernels before 5.14 have none).
         let _ = fs.write(&burst, "0");
-        self.set_limits(fs, memory_mb)
-    }
-
-    /// Writes the limits of a new environment of `memory_mb`.
-    fn set_limits(&self, fs: &dyn CgroupFs, memory_mb: u32) -> Result<(), SandboxError> {
-        for write in self.limit_writes(memory_mb) {
-            match fs.write(&write.path, &write.value) {
-                Ok(()) => {}
-                Err(source) if write.required => {
-                    return Err(SandboxError::Cgroup {
-                        action: format!("writing {:?}", write.value),
-                        path: write.path,
-                        source,
-                    });
-                }
-                Err(err) => {
-                    tracing::debug!(path = %write.path.display(), %err, "optional cgroup setting skipped")
-                }
-            }
+        let mut writes = self.limit_writes(to_mb);
+        if to_mb > from_mb
+            && let Some(memsw) = writes
+                .iter()
+                .position(|w| w.path.ends_with("memory.memsw.limit_in_bytes"))
+        {
+            let memsw = writes.remove(memsw);
+            writes.insert(0, memsw);
         }
-        Ok(())
+        write_limits(fs, writes)
     }
 
     /// The `cgroup.procs` files the init's pid is written to after the clone (by the
@@ -519,6 +509,26 @@ pub(crate) struct Remount {
 
 /// `MS_NOSYMFOLLOW` (Linux 5.10), missing from older `libc` crates.
 const MS_NOSYMFOLLOW: libc::c_ulong = 256;
+
+/// Writes limits in order; a required one that fails fails them all.
+fn write_limits(fs: &dyn CgroupFs, writes: Vec<CgroupWrite>) -> Result<(), SandboxError> {
+    for write in writes {
+        match fs.write(&write.path, &write.value) {
+            Ok(()) => {}
+            Err(source) if write.required => {
+                return Err(SandboxError::Cgroup {
+                    action: format!("writing {:?}", write.value),
+                    path: write.path,
+                    source,
+                });
+            }
+            Err(err) => {
+                tracing::debug!(path = %write.path.display(), %err, "optional cgroup setting skipped")
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Moving a task into a cgroup takes `cgroup_threadgroup_rwsem`, a percpu rwsem whose
 /// writers wait for an RCU grace period: 5-18 ms per environment start on v1 hosts
@@ -800,6 +810,43 @@ write /sys/fs/cgroup/pids/lamina/env-1/cgroup.procs 42"
                 "/sys/fs/cgroup/lamina/e/cpu.max 100000 100000",
                 "/sys/fs/cgroup/lamina/e/cpu.max.burst 100000",
                 "/sys/fs/cgroup/lamina/e/pids.max 1024",
+            ]
+        );
+    }
+
+    #[test]
+    fn changing_limits_never_puts_v1_memory_above_memsw_nor_a_quota_below_its_burst() {
+        let cg = EnvCgroup::plan(&hybrid(), "lamina", "env-1");
+        let changes = |from, to| {
+            let fs = RecordingCgroupFs::default();
+            cg.change_limits(&fs, from, to).unwrap();
+            let calls = fs.calls.lock().unwrap().clone();
+            calls
+                .iter()
+                .filter(|c| c.contains("memory.") && c.contains("limit") || c.contains("cfs_"))
+                .map(|c| c.rsplit('/').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            changes(1769, 128),
+            [
+                "cpu.cfs_burst_us 0",
+                "memory.limit_in_bytes 134217728",
+                "memory.memsw.limit_in_bytes 134217728",
+                "cpu.cfs_period_us 100000",
+                "cpu.cfs_quota_us 7235",
+                "cpu.cfs_burst_us 7235",
+            ]
+        );
+        assert_eq!(
+            changes(1769, 3538),
+            [
+                "cpu.cfs_burst_us 0",
+                "memory.memsw.limit_in_bytes 3709861888",
+                "memory.limit_in_bytes 3709861888",
+                "cpu.cfs_period_us 100000",
+                "cpu.cfs_quota_us 200000",
+                "cpu.cfs_burst_us 200000",
             ]
         );
     }

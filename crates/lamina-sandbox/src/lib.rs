@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::SandboxError;
-pub use prepared::PreparedEnvironment;
+pub use prepared::{ClaimFailed, PreparedEnvironment};
 pub use template::{Template, TemplateSpec, VariablesSender};
 
 /// Which tier the caller asks for (`lamina serve --sandbox auto|linux|process`).
@@ -129,8 +129,8 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// [`Sandbox::start_for_adoption`] does, but with `/var/task` and `/opt` left empty:
     /// [`EnvironmentHandle::attach_code`] mounts a function's code into it later, and
     /// [`EnvironmentHandle::set_memory`] gives it the function's limits. The adoption's
-    /// `env` is empty; the adopter's child waits for the variables (see
-    /// [`Template::adopt_prepared`]). A cold start that takes such an environment skips
+    /// `env` holds only `AWS_LAMBDA_RUNTIME_API` and goes unused: the adopter's child
+    /// waits for the function's variables (see [`Template::adopt_prepared`]). A cold start that takes such an environment skips
     /// the namespaces, cgroups, root and the adopter's set-up, which were done ahead.
     fn prepare_for_adoption(
         &self,
@@ -316,8 +316,8 @@ pub trait EnvironmentHandle: Send + Sync + std::fmt::Debug {
         })
     }
 
-    /// Lowers the memory limit, and the CPU share that follows it, of a prepared
-    /// environment (made with the largest) to a function's.
+    /// Changes the memory limit, and the CPU share that follows it, of a prepared
+    /// environment to a function's.
     fn set_memory(&self, memory_mb: u32) -> Result<(), SandboxError> {
         let _ = memory_mb;
         Err(SandboxError::AdoptionUnsupported {
@@ -325,7 +325,8 @@ pub trait EnvironmentHandle: Send + Sync + std::fmt::Debug {
         })
     }
 
-    /// Whether the main process is known to have ended, without blocking.
+    /// Whether the main process is known to have ended. Meant for environments nobody
+    /// waits on (it shares a lock with [`EnvironmentHandle::wait`], which blocks).
     fn has_ended(&self) -> bool {
         false
     }

@@ -37,7 +37,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cgroup::{self, CgroupFs, CgroupLayout, EnvCgroup, FavorDynmods, RealCgroupFs};
@@ -669,6 +669,7 @@ impl LinuxSandbox {
             exit: Mutex::new(None),
             destroyed: AtomicBool::new(false),
             adopted: adopt,
+            memory_mb: AtomicU32::new(spec.memory_mb),
         };
         // From here on, dropping `env` releases what has been acquired.
         let lease = self.tmp.acquire(spec.ephemeral_storage_mb)?;
@@ -927,6 +928,8 @@ struct LinuxEnvironment {
     destroyed: AtomicBool,
     /// The main process is adopted: its parent, not the init, reports its status.
     adopted: bool,
+    /// The memory size the cgroup's limits are for.
+    memory_mb: AtomicU32,
 }
 
 impl EnvironmentHandle for LinuxEnvironment {
@@ -1051,12 +1054,16 @@ impl EnvironmentHandle for LinuxEnvironment {
             .iter()
             .map(|(host, inside)| (host.as_c_str(), inside.as_c_str()))
             .collect();
-        sys::attach_trees(pidfd.as_raw_fd(), &trees)
+        sys::attach_trees(pidfd.as_raw_fd(), &trees, mount_plan::RO_BIND_REMOUNT)
             .map_err(|e| SandboxError::syscall("open_tree + move_mount of the code", &self.id, e))
     }
 
     fn set_memory(&self, memory_mb: u32) -> Result<(), SandboxError> {
-        self.cgroup.lower_limits(self.cgroups.as_ref(), memory_mb)
+        let from = self.memory_mb.load(Ordering::SeqCst);
+        self.cgroup
+            .change_limits(self.cgroups.as_ref(), from, memory_mb)?;
+        self.memory_mb.store(memory_mb, Ordering::SeqCst);
+        Ok(())
     }
 
     fn has_ended(&self) -> bool {

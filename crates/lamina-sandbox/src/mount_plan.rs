@@ -190,7 +190,7 @@ pub(crate) struct MountPlan {
     pub steps: Vec<MountStep>,
 }
 
-const RO_BIND_REMOUNT: c_ulong =
+pub(crate) const RO_BIND_REMOUNT: c_ulong =
     libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
 pub(crate) fn cstring(path: impl AsRef<Path>) -> Result<CString, String> {

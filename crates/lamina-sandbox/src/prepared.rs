@@ -5,7 +5,7 @@
 //! into five namespaces, the root's mounts, and the child's own set-up (joining the
 //! namespaces, dropping privileges, seccomp). A [`PreparedEnvironment`] has all of that
 //! done before any function asks: [`crate::Sandbox::prepare_for_adoption`] builds the
-//! environment with `/var/task` and `/opt` empty and a generous memory limit, and
+//! environment with `/var/task` and `/opt` empty and a memory limit of its own, and
 //! [`Template::adopt_prepared`] forks a child that sets itself up and then waits for its
 //! variables. [`PreparedEnvironment::claim`] gives it one function: the function's memory
 //! limit, its code and layers mounted into the environment's namespace, and its variables
@@ -63,30 +63,55 @@ impl PreparedEnvironment {
     /// Gives the environment to the function of `spec` (whose `argv` is the runtime's, as
     /// for [`crate::Sandbox::start_for_adoption`]): its memory limit, its code at
     /// `/var/task` and layers at `/opt`, then its variables, upon which the main process
-    /// goes on. On an error the environment is destroyed.
-    pub fn claim(self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, SandboxError> {
-        crate::validate_spec(spec)?;
-        let handle = &self.started.handle;
-        handle.set_memory(spec.memory_mb)?;
-        handle.attach_code(&spec.task_dir, spec.opt_dir.as_deref())?;
-        let env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .filter(|(name, _)| name != "AWS_LAMBDA_RUNTIME_API")
-            .cloned()
-            .chain([(
-                "AWS_LAMBDA_RUNTIME_API".to_owned(),
-                self.started.runtime_api_address.clone(),
-            )])
-            .collect();
-        self.variables.send(&env).map_err(|source| {
-            SandboxError::syscall("write (the variables pipe)", &spec.environment_id, source)
-        })?;
-        Ok(self.started)
+    /// goes on. On an error the environment comes back with it, to be destroyed (which
+    /// waits for its processes: best not on a cold start's path).
+    pub fn claim(self, spec: &EnvironmentSpec) -> Result<StartedEnvironment, ClaimFailed> {
+        let PreparedEnvironment {
+            started, variables, ..
+        } = self;
+        match give(&started, variables, spec) {
+            Ok(()) => Ok(started),
+            Err(error) => Err(ClaimFailed {
+                error,
+                environment: started,
+            }),
+        }
     }
 
     /// The environment's own id (its cgroup's name), which a claim keeps.
     pub fn environment_id(&self) -> &str {
         &self.spec.environment_id
     }
+}
+
+/// A claim that failed, and the environment it failed on.
+#[derive(Debug)]
+pub struct ClaimFailed {
+    pub error: SandboxError,
+    pub environment: StartedEnvironment,
+}
+
+fn give(
+    started: &StartedEnvironment,
+    variables: VariablesSender,
+    spec: &EnvironmentSpec,
+) -> Result<(), SandboxError> {
+    crate::validate_spec(spec)?;
+    started.handle.set_memory(spec.memory_mb)?;
+    started
+        .handle
+        .attach_code(&spec.task_dir, spec.opt_dir.as_deref())?;
+    let env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|(name, _)| name != "AWS_LAMBDA_RUNTIME_API")
+        .cloned()
+        .chain([(
+            "AWS_LAMBDA_RUNTIME_API".to_owned(),
+            started.runtime_api_address.clone(),
+        )])
+        .collect();
+    variables.send(&env).map_err(|source| {
+        SandboxError::syscall("write (the variables pipe)", &spec.environment_id, source)
+    })
 }

@@ -369,16 +369,19 @@ pub(crate) fn wait_pidfd_exit(pidfd: RawFd) {
     }
 }
 
-/// Bind-mounts each `(host directory, path inside)` pair read-only (`nosuid`, `nodev`,
-/// private) into the mount namespace of the process behind `pidfd`, which must already
-/// have its root: the detached trees are made here with `open_tree` and attached there with
-/// `move_mount` by a short-lived thread that leaves the server's file-system context
-/// (`unshare(CLONE_FS)`; `setns` refuses a mount namespace to a thread sharing it) and
-/// joins that namespace. The classic `mount(2)` cannot do it: its bind source must be in
-/// the caller's own namespace.
+/// Bind-mounts each `(host directory, path inside)` pair into the mount namespace of the
+/// process behind `pidfd`, which must already have its root, with the flags the root's
+/// own binds get (`remount_flags`: read-only, `nosuid`, `nodev`, and nothing else of the
+/// host mount's) and private propagation. The trees are cloned here with `open_tree`
+/// (Linux 5.2) and attached there with `move_mount` by a short-lived thread that leaves
+/// the server's file-system context (`unshare(CLONE_FS)`: `setns` refuses a mount
+/// namespace to a thread sharing it) and joins that namespace through the pidfd (5.8).
+/// The classic `mount(2)` cannot do it alone: its bind source must be in the caller's own
+/// namespace.
 pub(crate) fn attach_trees(
     pidfd: RawFd,
     trees: &[(&std::ffi::CStr, &std::ffi::CStr)],
+    remount_flags: libc::c_ulong,
 ) -> io::Result<()> {
     let mut detached = Vec::with_capacity(trees.len());
     for (host, _) in trees {
@@ -395,60 +398,55 @@ pub(crate) fn attach_trees(
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a descriptor open_tree just returned to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let attr = libc::mount_attr {
-            attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
-            attr_clr: 0,
-            // A clone of a shared host mount would stay its peer otherwise.
-            propagation: libc::MS_PRIVATE,
-            userns_fd: 0,
-        };
-        // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH, attr of the given size.
-        let set = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                &attr as *const libc::mount_attr,
-                std::mem::size_of::<libc::mount_attr>(),
-            )
-        };
-        if set < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        detached.push(fd);
+        detached.push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
     }
-    let targets: Vec<std::ffi::CString> = trees
-        .iter()
-        .map(|(_, inside)| (*inside).to_owned())
-        .collect();
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("lamina-attach".to_owned())
             .stack_size(64 * 1024)
             .spawn_scoped(scope, || -> io::Result<()> {
-                // SAFETY: unshare/setns/move_mount take no memory but the valid
-                // NUL-terminated paths below; this thread's file-system context is its own
-                // after unshare and dies with it.
-                unsafe {
-                    if libc::unshare(libc::CLONE_FS) < 0
-                        || libc::setns(pidfd, libc::CLONE_NEWNS) < 0
-                    {
-                        return Err(io::Error::last_os_error());
+                let check = |result: libc::c_long| {
+                    if result < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
                     }
-                    for (fd, target) in detached.iter().zip(&targets) {
-                        let moved = libc::syscall(
+                };
+                // SAFETY: unshare takes no memory; this thread's file-system context is its
+                // own afterwards and dies with it.
+                let unshared = unsafe { libc::unshare(libc::CLONE_FS) };
+                check(unshared.into())?;
+                // SAFETY: setns takes no memory; pidfd is the caller's open pidfd.
+                let joined = unsafe { libc::setns(pidfd, libc::CLONE_NEWNS) };
+                check(joined.into())?;
+                for (fd, (_, target)) in detached.iter().zip(trees) {
+                    // SAFETY: a valid descriptor, an empty path with MOVE_MOUNT_F_EMPTY_PATH
+                    // and a valid NUL-terminated target.
+                    let moved = unsafe {
+                        libc::syscall(
                             libc::SYS_move_mount,
                             std::os::fd::AsRawFd::as_raw_fd(fd),
                             c"".as_ptr(),
                             libc::AT_FDCWD,
                             target.as_ptr(),
                             libc::MOVE_MOUNT_F_EMPTY_PATH,
-                        );
-                        if moved < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
+                        )
+                    };
+                    check(moved)?;
+                    // A clone of a shared host mount would stay its peer otherwise; then
+                    // the flags, replaced as a whole as the root's own binds have them.
+                    for flags in [libc::MS_PRIVATE, remount_flags] {
+                        // SAFETY: valid NUL-terminated target; no source, type or data.
+                        let changed = unsafe {
+                            libc::mount(
+                                std::ptr::null(),
+                                target.as_ptr(),
+                                std::ptr::null(),
+                                flags,
+                                std::ptr::null(),
+                            )
+                        };
+                        check(changed.into())?;
                     }
                 }
                 Ok(())

@@ -428,8 +428,6 @@ impl Drop for Template {
     }
 }
 
-/// A pipe holding `env` (NUL-separated `NAME=value`), its write end closed: the read end
-/// for the template's child.
 /// Whether the adopted child waits for its variables after the template has answered.
 #[derive(Debug, Clone, Copy)]
 enum Deferral {

@@ -897,7 +897,7 @@ async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
         zip_of(&[("probe.py", ISOLATION_PROBE.as_bytes(), 0o644)]),
         |b| {
             b.memory_size(128)
-                .timeout(2)
+                .timeout(30)
                 .layers(layer.layer_version_arn().unwrap())
                 .environment(
                     aws_sdk_lambda::types::Environment::builder()
@@ -1037,13 +1037,14 @@ async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
         "module state survives warm invokes"
     );
 
-    // The limits hold: a timeout kills it, exceeding MemorySize is an OOM, an exit is
-    // reported with its status, and each time the next invoke starts afresh.
-    let timed_out = invoke_tail(&client, "forked", json!({"action": "sleep", "seconds": 5})).await;
+    // The limits hold. First in this very environment (prepared with a larger limit, if
+    // prepared): exceeding MemorySize is an OOM. Then an exit is reported with its
+    // status, a timeout kills it, and each time the next invoke starts afresh.
+    let oom = invoke_tail(&client, "forked", json!({"action": "alloc", "mb": 400})).await;
     assert_eq!(
-        timed_out.payload["errorType"], "Sandbox.Timedout",
+        oom.payload["errorType"], "Runtime.OutOfMemory",
         "{}",
-        timed_out.payload
+        oom.payload
     );
     let after = invoke_tail(&client, "forked", json!({})).await;
     assert_eq!(after.payload["invocations"], 1, "{}", after.payload);
@@ -1064,15 +1065,15 @@ async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
     client
         .update_function_configuration()
         .function_name("forked")
-        .timeout(30)
+        .timeout(2)
         .send()
         .await
         .unwrap();
-    let oom = invoke_tail(&client, "forked", json!({"action": "alloc", "mb": 400})).await;
+    let timed_out = invoke_tail(&client, "forked", json!({"action": "sleep", "seconds": 5})).await;
     assert_eq!(
-        oom.payload["errorType"], "Runtime.OutOfMemory",
+        timed_out.payload["errorType"], "Sandbox.Timedout",
         "{}",
-        oom.payload
+        timed_out.payload
     );
     let after = invoke_tail(&client, "forked", json!({})).await;
     assert_eq!(after.payload["invocations"], 1, "{}", after.payload);
