@@ -18,7 +18,8 @@
 //! concurrencies, and `LAMINA_BENCH_ONLY=throughput` skips the cold-start, scale-out and
 //! idle-environment parts (for profiling one run). `LAMINA_BENCH_FUNCTION=minimal` runs
 //! `lamina-noop-minimal` (the smallest Runtime API client, blocking std I/O) instead of the
-//! `lambda_runtime` function, to tell the platform's cost from the client library's.
+//! `lambda_runtime` function, to tell the platform's cost from the client library's (the
+//! scale-out and idle parts need the test function's `sleep` and are skipped then).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -431,6 +432,12 @@ fn main() {
     }
 
     if only_throughput {
+        return;
+    }
+    if minimal {
+        // Those parts hold environments busy with the test function's `sleep` action,
+        // which the minimal client does not have.
+        println!("scale-out and idle environments: run without LAMINA_BENCH_FUNCTION=minimal");
         return;
     }
     scale_out(&host, &mut connection, &zip_base64, memory);

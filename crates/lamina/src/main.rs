@@ -116,6 +116,12 @@ struct ServeArgs {
     /// code), so a cold start only attaches the code. 0 turns this off.
     #[arg(long, env = "LAMINA_PREPARED_ENVIRONMENTS", default_value_t = 1)]
     prepared_environments: usize,
+    /// Threads serving requests (the API, every environment's Runtime API). Default: half
+    /// the machine's cores, at least one — the functions run on the same machine, and on
+    /// 2 cores one thread spent ~20% less CPU per invoke than two (no wake-ups across
+    /// threads), which the functions got instead.
+    #[arg(long, env = "LAMINA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// The account's concurrency limit: invocations running at once across all functions
     /// (AWS's default is 1,000; at least 100, or all of a smaller limit, stay unreserved).
     #[arg(long, env = "LAMINA_CONCURRENCY_LIMIT", default_value_t = 1000,
@@ -310,7 +316,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let logs = Arc::new(logs);
     let store: Arc<dyn lamina_store::MetadataStore> = Arc::new(store);
     let code = Arc::new(code);
+    let worker_threads = args.worker_threads.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get() / 2)
+                .max(1)
+        },
+        usize::from,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
