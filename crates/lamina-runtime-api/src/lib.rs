@@ -21,12 +21,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -147,46 +144,110 @@ pub fn serve(
         in_flight: Mutex::new(None),
         init: init_tx,
     });
-    let app = router(shared);
-    use axum::serve::ListenerExt as _;
-    // Small responses on a loopback keep-alive connection: Nagle would add 40 ms stalls.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(%error, "runtime api server stopped");
-        }
-    });
+    tokio::spawn(accept_runtimes(listener, shared, shutdown));
     Ok(RuntimeApi {
         inbox: inbox_tx,
         init: init_rx,
     })
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-        .route(
-            "/2018-06-01/runtime/invocation/{request_id}/response",
-            post(invocation_response),
-        )
-        .route(
-            "/2018-06-01/runtime/invocation/{request_id}/error",
-            post(invocation_error),
-        )
-        .route("/2018-06-01/runtime/init/error", post(init_error))
-        .fallback(|| async {
-            runtime_error(
-                StatusCode::NOT_FOUND,
-                "UnknownEndpoint",
-                "the Runtime API has no such endpoint",
-            )
-        })
-        .with_state(shared)
+/// Accepts the runtime's connections (normally one, kept alive) until `shutdown`, each
+/// served by hyper directly. Two of the three HTTP requests of every invocation come
+/// here, so this skips axum's router and tower layers (their matching, boxing and path
+/// extraction); the four endpoints are matched by hand in [`route`].
+async fn accept_runtimes(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of descriptors, say: try again shortly rather than spin.
+                    tracing::warn!(%error, "runtime api: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses on a loopback keep-alive connection: Nagle would add 40 ms stalls.
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(shared, request).await) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(%error, "runtime api connection ended");
+            }
+        });
+    }
+}
+
+const RUNTIME_PATH: &str = "/2018-06-01/runtime/";
+
+/// The Runtime API's endpoints; a known path with another method answers 405, as a
+/// router would, and anything else `UnknownEndpoint`.
+async fn route(
+    shared: Arc<Shared>,
+    request: axum::http::Request<hyper::body::Incoming>,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = Body::new(body);
+    let post = parts.method == Method::POST;
+    let Some(endpoint) = parts.uri.path().strip_prefix(RUNTIME_PATH) else {
+        return unknown_endpoint();
+    };
+    match endpoint {
+        "invocation/next" if parts.method == Method::GET => next_invocation(shared).await,
+        "invocation/next" => method_not_allowed("GET"),
+        "init/error" if post => init_error(shared, &parts.headers, body).await,
+        "init/error" => method_not_allowed("POST"),
+        _ => {
+            let report = endpoint
+                .strip_prefix("invocation/")
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(id, kind)| !id.is_empty() && matches!(*kind, "response" | "error"));
+            let Some((id, kind)) = report else {
+                return unknown_endpoint();
+            };
+            if !post {
+                return method_not_allowed("POST");
+            }
+            let Ok(request_id) = percent_encoding::percent_decode_str(id).decode_utf8() else {
+                return ClaimError::WrongRequestId(id.to_owned()).into_response();
+            };
+            if kind == "response" {
+                invocation_response(shared, &request_id, body).await
+            } else {
+                invocation_error(shared, &request_id, &parts.headers, body).await
+            }
+        }
+    }
+}
+
+fn unknown_endpoint() -> Response {
+    runtime_error(
+        StatusCode::NOT_FOUND,
+        "UnknownEndpoint",
+        "the Runtime API has no such endpoint",
+    )
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, HeaderValue::from_static(allowed))],
+    )
+        .into_response()
 }
 
 fn runtime_error(status: StatusCode, error_type: &str, message: &str) -> Response {
@@ -214,7 +275,7 @@ fn accepted() -> Response {
         .into_response()
 }
 
-async fn next_invocation(State(shared): State<Arc<Shared>>) -> Response {
+async fn next_invocation(shared: Arc<Shared>) -> Response {
     shared.init.send_if_modified(|state| {
         if *state == InitState::Initializing {
             *state = InitState::Ready;
@@ -319,12 +380,8 @@ async fn read_limited(body: Body, limit: usize) -> Option<Bytes> {
     axum::body::to_bytes(body, limit).await.ok()
 }
 
-async fn invocation_response(
-    State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
-    body: Body,
-) -> Response {
-    let in_flight = match claim(&shared, &request_id) {
+async fn invocation_response(shared: Arc<Shared>, request_id: &str, body: Body) -> Response {
+    let in_flight = match claim(&shared, request_id) {
         Ok(in_flight) => in_flight,
         Err(refused) => return refused.into_response(),
     };
@@ -352,12 +409,12 @@ fn error_type(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn invocation_error(
-    State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
-    headers: HeaderMap,
+    shared: Arc<Shared>,
+    request_id: &str,
+    headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let in_flight = match claim(&shared, &request_id) {
+    let in_flight = match claim(&shared, request_id) {
         Ok(in_flight) => in_flight,
         Err(refused) => return refused.into_response(),
     };
@@ -365,13 +422,13 @@ async fn invocation_error(
         .await
         .unwrap_or_else(|| Bytes::from_static(b"{}"));
     let _ = in_flight.outcome.send(InvocationOutcome::Error {
-        error_type: error_type(&headers),
+        error_type: error_type(headers),
         body,
     });
     accepted()
 }
 
-async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+async fn init_error(shared: Arc<Shared>, headers: &HeaderMap, body: Body) -> Response {
     if *shared.init.borrow() != InitState::Initializing {
         return runtime_error(
             StatusCode::FORBIDDEN,
@@ -383,7 +440,7 @@ async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         .await
         .unwrap_or_else(|| Bytes::from_static(b"{}"));
     shared.init.send_replace(InitState::Failed {
-        error_type: error_type(&headers),
+        error_type: error_type(headers),
         body,
     });
     accepted()
@@ -434,6 +491,47 @@ mod tests {
             },
             rx,
         )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_paths_and_wrong_methods_are_refused_and_ids_are_percent_decoded() {
+        let (api, addr) = start();
+        let ask = |method: &'static str, path: &'static str| {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || request(&addr, method, path, b"{}"))
+        };
+        for path in [
+            "/2018-06-01/runtime/invocation/a/b/response",
+            "/2018-06-01/runtime/invocation//response",
+            "/2018-06-01/runtime/invocation/a/result",
+            "/2018-06-01/runtime/next",
+            "/2020-01-01/runtime/invocation/next",
+        ] {
+            let (status, _, body) = ask("POST", path).await.unwrap();
+            assert_eq!(status, 404, "{path}");
+            assert!(body.contains("UnknownEndpoint"), "{path}: {body}");
+        }
+        for (method, path, allowed) in [
+            ("POST", "/2018-06-01/runtime/invocation/next", "get"),
+            ("GET", "/2018-06-01/runtime/init/error", "post"),
+            ("GET", "/2018-06-01/runtime/invocation/x/response", "post"),
+        ] {
+            let (status, head, _) = ask(method, path).await.unwrap();
+            assert_eq!(status, 405, "{method} {path}");
+            assert!(head.contains(&format!("allow: {allowed}")), "{head}");
+        }
+        let next = ask("GET", "/2018-06-01/runtime/invocation/next");
+        let (inv, outcome) = invocation("req 1");
+        api.dispatch(inv).unwrap();
+        assert_eq!(next.await.unwrap().0, 200);
+        let (status, _, _) = ask("POST", "/2018-06-01/runtime/invocation/req%201/response")
+            .await
+            .unwrap();
+        assert_eq!(status, 202);
+        assert_eq!(
+            outcome.await.unwrap(),
+            InvocationOutcome::Response(Bytes::from_static(b"{}"))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
