@@ -91,6 +91,15 @@ struct PoolState {
     failed_at: HashMap<String, Instant>,
 }
 
+impl PoolState {
+    /// How many of `template`'s environments wait for `key`'s functions.
+    fn waiting_of(&self, key: &str, template: &Arc<Template>) -> usize {
+        self.waiting.get(key).map_or(0, |waiting| {
+            waiting.iter().filter(|w| w.of(template)).count()
+        })
+    }
+}
+
 /// An environment waiting, and the zygote whose child runs in it: only the current
 /// zygote's are handed out (another's may be wedged, or gone).
 #[derive(Debug)]
@@ -316,9 +325,7 @@ impl PreparedPool {
 
     /// How many of `template`'s environments wait for `key`'s functions.
     fn waiting(&self, key: &str, template: &Arc<Template>) -> usize {
-        self.lock().waiting.get(key).map_or(0, |waiting| {
-            waiting.iter().filter(|w| w.of(template)).count()
-        })
+        self.lock().waiting_of(key, template)
     }
 
     /// Builds environments for `launch`'s runtime with `template` in the background until
@@ -338,9 +345,7 @@ impl PreparedPool {
                 .failed_at
                 .get(&launch.key)
                 .is_some_and(|when| when.elapsed() < RETRY_AFTER);
-            let waiting = state.waiting.get(&launch.key).map_or(0, |waiting| {
-                waiting.iter().filter(|w| w.of(template)).count()
-            });
+            let waiting = state.waiting_of(&launch.key, template);
             if failed_lately || waiting >= pool.target || !state.filling.insert(launch.key.clone())
             {
                 return;

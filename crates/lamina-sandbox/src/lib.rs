@@ -130,8 +130,9 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// [`EnvironmentHandle::attach_code`] mounts a function's code into it later, and
     /// [`EnvironmentHandle::set_memory`] gives it the function's limits. The adoption's
     /// `env` holds only `AWS_LAMBDA_RUNTIME_API` and goes unused: the adopter's child
-    /// waits for the function's variables (see [`Template::adopt_prepared`]). A cold start that takes such an environment skips
-    /// the namespaces, cgroups, root and the adopter's set-up, which were done ahead.
+    /// waits for the function's variables (see [`Template::adopt_prepared`]). A cold
+    /// start that takes such an environment skips the namespaces, cgroups, root and the
+    /// adopter's set-up, which were done ahead.
     fn prepare_for_adoption(
         &self,
         spec: &PreparedSpec,
