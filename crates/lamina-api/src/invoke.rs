@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -35,12 +35,82 @@ pub async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let qualifier = match query.as_deref() {
+    let invocations = invocations.as_ref().map(|axum::Extension(i)| i.as_ref());
+    invoke_function(
+        &control_plane,
+        &engine,
+        invocations,
+        name,
+        query.as_deref(),
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// The function name of `POST /2015-03-31/functions/{name}/invocations`, decoded as the
+/// router's `Path` extractor decodes it, so that the server can take Invoke past the
+/// router. `None` for any other request, and for a name the router would refuse (not
+/// UTF-8 once decoded), which the router then answers as always.
+pub fn invoke_target(request: &Request) -> Option<String> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    let name = request
+        .uri()
+        .path()
+        .strip_prefix("/2015-03-31/functions/")?
+        .strip_suffix("/invocations")?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
+}
+
+/// Invoke without the router, its middleware and its extractors: the same checks (the
+/// `Authorization` header's shape included), handler and answers as the routed
+/// operation, for the request [`invoke_target`] named.
+pub async fn invoke_unrouted(
+    state: &crate::AppState,
+    invocations: Option<&crate::async_invoke::AsyncInvocations>,
+    name: String,
+    request: Request,
+) -> Response {
+    if let Err(refused) = crate::sigv4::credential(request.headers()) {
+        return refused.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    invoke_function(
+        &state.control_plane,
+        &state.engine,
+        invocations,
+        name,
+        parts.uri.query(),
+        &parts.headers,
+        body,
+    )
+    .await
+    .into_response()
+}
+
+async fn invoke_function(
+    control_plane: &Arc<ControlPlane>,
+    engine: &Arc<Engine>,
+    invocations: Option<&crate::async_invoke::AsyncInvocations>,
+    name: String,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let qualifier = match query {
         None | Some("") => None,
-        Some(_) => query_value(&query_pairs(query)?, "Qualifier"),
+        Some(query) => query_value(&query_pairs(Some(query.to_owned()))?, "Qualifier"),
     };
-    let invocation_type = header(&headers, "x-amz-invocation-type").unwrap_or("RequestResponse");
-    let log_type = header(&headers, "x-amz-log-type").unwrap_or("None");
+    let invocation_type = header(headers, "x-amz-invocation-type").unwrap_or("RequestResponse");
+    let log_type = header(headers, "x-amz-log-type").unwrap_or("None");
     let mut violations = Violations::new();
     violations.one_of(
         "invocationType",
@@ -56,9 +126,9 @@ pub async fn invoke(
     } else {
         MAX_SYNC_PAYLOAD_BYTES
     };
-    let payload = read_payload(&headers, body, "InvokeFunction", limit).await?;
+    let payload = read_payload(headers, body, "InvokeFunction", limit).await?;
 
-    let client_context = match header(&headers, "x-amz-client-context") {
+    let client_context = match header(headers, "x-amz-client-context") {
         None => None,
         Some(encoded) => Some(decode_client_context(encoded)?),
     };
@@ -72,8 +142,8 @@ pub async fn invoke(
         }
         "Event" => {
             let request_id = crate::async_invoke::accept_event(
-                invocations.as_ref().map(|axum::Extension(i)| i.as_ref()),
-                &control_plane,
+                invocations,
+                control_plane,
                 function,
                 payload,
                 client_context,
@@ -95,6 +165,7 @@ pub async fn invoke(
             };
             // The invocation runs to its end in its own task, as on AWS, even if the caller
             // hangs up: dropping it half-way would strand a busy environment.
+            let engine = engine.clone();
             let invocation = tokio::spawn(async move { engine.invoke(request).await });
             let result = invocation.await.map_err(|e| ApiError::Internal {
                 detail: format!("invocation task failed: {e}"),
@@ -167,4 +238,47 @@ fn decode_client_context(encoded: &str) -> Result<String, ApiError> {
         return Err(ApiError::InvalidClientContext);
     }
     String::from_utf8(decoded).map_err(|_| ApiError::InvalidClientContext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(method: &str, uri: &str) -> Option<String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        invoke_target(&request)
+    }
+
+    #[test]
+    fn invoke_is_recognised_with_the_name_decoded_as_the_router_would() {
+        assert_eq!(
+            target("POST", "/2015-03-31/functions/f/invocations").as_deref(),
+            Some("f")
+        );
+        assert_eq!(
+            target(
+                "POST",
+                "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A1%3Afunction%3Af/invocations?Qualifier=1"
+            )
+            .as_deref(),
+            Some("arn:aws:lambda:us-east-1:1:function:f")
+        );
+        // Everything else is the router's: other methods and paths, an empty name, a
+        // trailing slash, a name that does not decode to UTF-8.
+        for (method, uri) in [
+            ("GET", "/2015-03-31/functions/f/invocations"),
+            ("POST", "/2015-03-31/functions/f/invocations/"),
+            ("POST", "/2015-03-31/functions//invocations"),
+            ("POST", "/2015-03-31/functions/a/b/invocations"),
+            ("POST", "/2014-11-13/functions/f/invoke-async/"),
+            ("POST", "/2015-03-31/functions/%FF/invocations"),
+            ("POST", "/2015-03-31/functions"),
+        ] {
+            assert_eq!(target(method, uri), None, "{method} {uri}");
+        }
+    }
 }

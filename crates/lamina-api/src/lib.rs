@@ -170,6 +170,43 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The Lambda API as the server serves it: Invoke goes straight to its handler, past the
+/// router's path matching, middleware and extractors (the product's hot path: a warm
+/// invocation's other two HTTP requests are the Runtime API's); every other operation
+/// goes through [`router`], with asynchronous invocation available to both.
+#[derive(Debug)]
+pub struct LambdaApi {
+    state: AppState,
+    invocations: Arc<async_invoke::AsyncInvocations>,
+    router: Router,
+}
+
+impl LambdaApi {
+    pub fn new(state: AppState, invocations: Arc<async_invoke::AsyncInvocations>) -> LambdaApi {
+        let router = router(state.clone()).layer(axum::Extension(invocations.clone()));
+        LambdaApi {
+            state,
+            invocations,
+            router,
+        }
+    }
+
+    pub async fn serve(&self, request: Request) -> Response {
+        match invoke::invoke_target(&request) {
+            Some(name) => {
+                invoke::invoke_unrouted(&self.state, Some(&self.invocations), name, request).await
+            }
+            None => {
+                use tower::ServiceExt as _;
+                match self.router.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
 /// Runs a service call on the blocking pool: the service does SQLite and file I/O.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

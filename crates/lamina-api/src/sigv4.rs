@@ -7,6 +7,7 @@
 //! requests are accepted too, so `curl` works against a local server.
 
 use axum::extract::Request;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -70,20 +71,29 @@ pub fn parse_authorization(value: &str) -> Result<Credential, String> {
     }
 }
 
+/// The caller's credential from a request's `Authorization` header: `None` without one,
+/// AWS's refusal for a malformed one.
+pub(crate) fn credential(headers: &HeaderMap) -> Result<Option<Credential>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .map_err(|_| "Authorization header is not valid ASCII".to_owned())
+        .and_then(parse_authorization)
+        .map(Some)
+        .map_err(|detail| ApiError::IncompleteSignature { detail })
+}
+
 /// Middleware: refuses malformed `Authorization` headers and records the caller's
 /// credential for the handlers.
 pub async fn check_authorization(mut request: Request, next: Next) -> Response {
-    if let Some(value) = request.headers().get(axum::http::header::AUTHORIZATION) {
-        let parsed = value
-            .to_str()
-            .map_err(|_| "Authorization header is not valid ASCII".to_owned())
-            .and_then(parse_authorization);
-        match parsed {
-            Ok(credential) => {
-                request.extensions_mut().insert(credential);
-            }
-            Err(detail) => return ApiError::IncompleteSignature { detail }.into_response(),
+    match credential(request.headers()) {
+        Ok(Some(credential)) => {
+            request.extensions_mut().insert(credential);
         }
+        Ok(None) => {}
+        Err(refused) => return refused.into_response(),
     }
     next.run(request).await
 }

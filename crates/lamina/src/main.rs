@@ -437,32 +437,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.account_id,
         );
         let logs_api = lamina_logs::router(logs.clone());
-        let lambda_api = lamina_api::router(AppState {
-            control_plane,
-            engine: engine.clone(),
-        })
-        .layer(axum::Extension(async_invocations));
+        let lambda_api = Arc::new(lamina_api::LambdaApi::new(
+            AppState {
+                control_plane,
+                engine: engine.clone(),
+            },
+            async_invocations,
+        ));
         // CloudWatch Logs (JSON 1.1, `POST /` with `X-Amz-Target`) and Lambda (REST-JSON)
         // share the port, as `aws logs tail` and `aws lambda` share one endpoint here.
-        let app = axum::Router::new().fallback_service(tower::service_fn(
-            move |request: axum::extract::Request| {
-                let logs_api = logs_api.clone();
-                let lambda_api = lambda_api.clone();
-                async move {
-                    use tower::ServiceExt as _;
-                    if lamina_logs::is_logs_request(request.headers()) {
-                        logs_api.oneshot(request).await
-                    } else {
-                        lambda_api.oneshot(request).await
-                    }
+        let app = tower::service_fn(move |request: axum::extract::Request| {
+            let logs_api = logs_api.clone();
+            let lambda_api = lambda_api.clone();
+            async move {
+                use tower::ServiceExt as _;
+                if lamina_logs::is_logs_request(request.headers()) {
+                    logs_api.oneshot(request).await
+                } else {
+                    Ok(lambda_api.serve(request).await)
                 }
-            },
-        ));
+            }
+        });
         use axum::serve::ListenerExt as _;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
+        axum::serve(listener, axum::ServiceExt::into_make_service(app))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")?;

@@ -717,3 +717,108 @@ async fn an_invocation_whose_caller_hangs_up_still_finishes_and_frees_its_enviro
         "the environment was reused, not leaked"
     );
 }
+
+/// One HTTP/1.1 request on a fresh connection that the server closes after answering:
+/// the status line, the headers (lower-cased names) and the body.
+fn raw_request(host: &str, head: &str, body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "{head}\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, answer[split + 4..].to_vec())
+}
+
+/// Invoke is served past the router (the hot path); it must refuse and answer exactly as
+/// the routed operations do.
+#[tokio::test]
+async fn invoke_checks_signatures_and_decodes_names_as_every_operation_does() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    Deploy::new("signed").create(&client).await;
+    let host = server.endpoint.trim_start_matches("http://").to_owned();
+    let malformed =
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKID/20240501/us-east-1/lambda/aws4_request";
+    for head in [
+        format!("POST /2015-03-31/functions/signed/invocations HTTP/1.1\r\n{malformed}"),
+        format!("GET /2015-03-31/functions/signed HTTP/1.1\r\n{malformed}"),
+    ] {
+        let (status, headers, body) = raw_request(&host, &head, b"{}");
+        assert_eq!(status, 403, "{head}");
+        let error_type = headers.iter().find(|(n, _)| n == "x-amzn-errortype");
+        assert!(
+            error_type.is_some_and(|(_, v)| v.starts_with("IncompleteSignatureException")),
+            "{headers:?}"
+        );
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("requires 'Signature' parameter")),
+            "{body}"
+        );
+    }
+    // A percent-encoded ARN names the function, as the SDKs send it.
+    let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Asigned";
+    let (status, headers, body) = raw_request(
+        &host,
+        &format!("POST /2015-03-31/functions/{arn}/invocations?Qualifier=%24LATEST HTTP/1.1"),
+        br#"{"action":"echo"}"#,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "x-amz-executed-version" && v == "$LATEST"),
+        "{headers:?}"
+    );
+    // An unknown function and a payload that is not JSON: AWS's errors, as before.
+    let (status, headers, _) = raw_request(
+        &host,
+        "POST /2015-03-31/functions/nowhere/invocations HTTP/1.1",
+        b"{}",
+    );
+    assert_eq!(status, 404);
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "x-amzn-errortype" && v.starts_with("ResourceNotFoundException")),
+        "{headers:?}"
+    );
+    let (status, headers, _) = raw_request(
+        &host,
+        "POST /2015-03-31/functions/signed/invocations HTTP/1.1",
+        b"not json",
+    );
+    assert_eq!(status, 400);
+    assert!(
+        headers.iter().any(
+            |(n, v)| n == "x-amzn-errortype" && v.starts_with("InvalidRequestContentException")
+        ),
+        "{headers:?}"
+    );
+}
