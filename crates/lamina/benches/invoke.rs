@@ -85,6 +85,56 @@ fn throughput(host: &str, name: &str, clients: usize, seconds: f64) -> (f64, Vec
     (all.len() as f64 / elapsed, all)
 }
 
+/// The machine's speed at the kind of work an invoke is made of, for reading the figures
+/// beside it: `pairs` pairs of threads bounce a 100-byte message over loopback TCP for
+/// `seconds`. Returns round trips per second and this process's CPU per round trip (both
+/// ends). This VM's speed at it varies ~2x from hour to hour; an invoke is three such
+/// round trips between three processes.
+fn loopback_ping_pong(pairs: usize, seconds: f64) -> (f64, Duration) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let cpu_before = own_cpu();
+    let started = Instant::now();
+    let ends: Vec<_> = (0..pairs)
+        .map(|_| {
+            let mut client = std::net::TcpStream::connect(address).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            client.set_nodelay(true).unwrap();
+            server.set_nodelay(true).unwrap();
+            let echo = std::thread::spawn(move || {
+                let mut message = [0u8; 100];
+                while server.read_exact(&mut message).is_ok() {
+                    server.write_all(&message).unwrap();
+                }
+            });
+            let bounce = std::thread::spawn(move || {
+                let mut message = [7u8; 100];
+                let mut round_trips = 0u64;
+                while Instant::now() < deadline {
+                    client.write_all(&message).unwrap();
+                    client.read_exact(&mut message).unwrap();
+                    round_trips += 1;
+                }
+                round_trips
+            });
+            (echo, bounce)
+        })
+        .collect();
+    let mut round_trips = 0;
+    for (echo, bounce) in ends {
+        round_trips += bounce.join().unwrap();
+        echo.join().unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = own_cpu().saturating_sub(cpu_before);
+    (
+        round_trips as f64 / elapsed,
+        cpu / u32::try_from(round_trips.max(1)).unwrap_or(u32::MAX),
+    )
+}
+
 /// CPU time (user + system) of a process and all its threads, from `/proc/PID/stat`.
 fn process_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -412,6 +462,13 @@ fn main() {
         ms(*warm.last().unwrap())
     );
 
+    for pairs in [1, 16] {
+        let (rate, cpu) = loopback_ping_pong(pairs, 2.0);
+        println!(
+            "machine: loopback TCP ping-pong, {pairs:>2} pair(s) of threads: {rate:>8.0} round trips/s, {:.1} us CPU each",
+            cpu.as_secs_f64() * 1e6
+        );
+    }
     for clients in concurrencies {
         // Warm enough environments first: overlapping invokes each start one.
         throughput(&host, name, clients, 1.0);
