@@ -301,7 +301,21 @@ async fn timeouts_crashes_and_oom_are_reported_and_the_next_invoke_starts_fresh(
 
 #[tokio::test]
 async fn concurrent_invokes_get_separate_environments() {
-    let server = LaminaServer::start();
+    concurrent_invokes_get_separate_environments_on(LaminaServer::start()).await;
+}
+
+/// One server thread runs tokio's current-thread scheduler, more run the multi-thread one
+/// (which is the default depends on the machine's cores): both must serve.
+#[tokio::test]
+async fn concurrent_invokes_get_separate_environments_with_two_server_threads() {
+    concurrent_invokes_get_separate_environments_on(LaminaServer::start_with(&[
+        "--worker-threads",
+        "2",
+    ]))
+    .await;
+}
+
+async fn concurrent_invokes_get_separate_environments_on(server: LaminaServer) {
     let client = server.client();
     Deploy::new("parallel").create(&client).await;
     let (a, b) = tokio::join!(
