@@ -445,6 +445,7 @@ fn function_main(ctx: &ChildContext<'_>) -> ! {
     }
     let ready = 3;
     sys::close_all_except(&[3]);
+    sys::reset_priority();
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::chdir(ctx.cwd.as_ptr()) } < 0 {
         report_and_exit(ready, Stage::Chdir, 0, last_errno());

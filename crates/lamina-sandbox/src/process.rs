@@ -78,7 +78,8 @@ impl Sandbox for ProcessSandbox {
             .try_clone()
             .map_err(|e| SandboxError::syscall("dup (output)", id, e))?;
         let program = host_path(spec, &spec.argv[0]);
-        let child = Command::new(&program)
+        let mut child = Command::new(&program);
+        child
             .arg0(&spec.argv[0])
             .args(&spec.argv[1..])
             .env_clear()
@@ -94,13 +95,19 @@ impl Sandbox for ProcessSandbox {
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(out_w2))
             // Its own process group, so kill() reaches the whole tree it spawns.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| SandboxError::Setup {
-                environment_id: id.to_owned(),
-                step: format!("spawning {}", program.display()),
-                source: e,
-            })?;
+            .process_group(0);
+        // SAFETY: the closure makes one async-signal-safe system call.
+        unsafe {
+            child.pre_exec(|| {
+                crate::sys::reset_priority();
+                Ok(())
+            });
+        }
+        let child = child.spawn().map_err(|e| SandboxError::Setup {
+            environment_id: id.to_owned(),
+            step: format!("spawning {}", program.display()),
+            source: e,
+        })?;
         Ok(StartedEnvironment {
             runtime_api_listener: listener,
             runtime_api_address: address,

@@ -23,6 +23,20 @@ struct CloneArgs {
 pub(crate) const CLONE_PIDFD: u64 = 0x1000;
 pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Puts the calling process (a function's, before it runs anything) at the default
+/// scheduling priority, whatever the server's: `lamina serve` raises its serving
+/// threads' priority, and a child inherits the nice value of the thread that forked it.
+/// Best effort: lowering one's priority needs no privilege, and a server started at a
+/// lower priority than the default (`nice lamina serve`) leaves its functions there.
+/// Async-signal-safe.
+pub(crate) fn reset_priority() {
+    // SAFETY: plain system call on the calling thread (which, in a child that has not
+    // started threads, is its whole process).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+    }
+}
+
 /// The result of a fork-like clone, seen from the parent.
 #[derive(Debug)]
 pub(crate) struct Cloned {

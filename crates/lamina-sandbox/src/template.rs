@@ -237,6 +237,9 @@ impl Template {
         // before the fork (`setup`, the raw descriptor).
         unsafe {
             command.pre_exec(move || {
+                // The template, and every environment forked from it, at the default
+                // priority whatever the thread that started it.
+                crate::sys::reset_priority();
                 setup.execute()?;
                 // The template's end of the socket becomes descriptor 3, open across exec.
                 if theirs_raw == 3 {

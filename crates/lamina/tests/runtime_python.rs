@@ -825,6 +825,7 @@ def handler(event, context):
         "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
         "session_leader": os.getsid(0) == os.getpid(),
         "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "environ_keys": sorted(os.environ),
         "mounts": {
             fields[4]: fields[5]
@@ -978,6 +979,7 @@ async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
         "rlimit_nofile",
         "session_leader",
         "oom_score_adj",
+        "nice",
         "mounts",
         "layer",
     ] {
@@ -993,6 +995,8 @@ async fn isolation_and_limits_hold(server: &LaminaServer, expected: ColdStart) {
     assert_eq!(probe["cap_bnd"], "0000000000000000");
     assert_eq!(probe["no_new_privs"], "1");
     assert_eq!(probe["seccomp"], "2");
+    // The server's serving threads run at a raised priority; functions never do.
+    assert_eq!(probe["nice"], 0, "{probe}");
     let cgroups = probe["cgroup"].as_str().unwrap();
     assert!(
         cgroups.lines().all(|l| l.ends_with(":/")),
