@@ -11,6 +11,10 @@
 //! - host memory per idle warm environment beyond the function's own, and whether
 //!   `LAMINA_BENCH_IDLE` (default 1000) idle warm environments can be held at once.
 //!
+//! Before the throughput runs it prints the machine's speed at loopback TCP round trips
+//! (what an invoke is made of): a rough guide to the hour's speed, which swings ~2x on a
+//! shared VM (it does not follow every swing of the invoke figures).
+//!
 //! Set `LAMINA_BENCH_SECONDS` (default 5) for the length of each throughput run and
 //! `LAMINA_BENCH_MEMORY` (default 1769, one full vCPU) for the function's memory;
 //! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
