@@ -665,32 +665,40 @@ impl LogStore {
             .end_time
             .unwrap_or(i64::MAX)
             .min(last.map_or(i64::MIN, |last| last.saturating_add(1)));
-        let sql = match read.direction {
-            ReadDirection::Forward => {
+        // The side the read starts from is one row-value bound (the token's position,
+        // narrowed to the time range), so that SQLite seeks there rather than at the
+        // stream's first (or last) event and walks to the position; the other side only
+        // stops the scan. Row ids start at 1, so `(t, id) > (start, 0)` is `t >= start`.
+        let (sql, seek, stop) = match read.direction {
+            ReadDirection::Forward => (
                 "SELECT id, timestamp, ingestion_time, message FROM log_events
-                 WHERE group_id = ?1 AND stream_id = ?2 AND timestamp >= ?3 AND timestamp < ?4
-                   AND (timestamp, id) > (?5, ?6)
-                 ORDER BY timestamp, id"
-            }
-            ReadDirection::Backward => {
+                 WHERE group_id = ?1 AND stream_id = ?2
+                   AND (timestamp, id) > (?3, ?4) AND timestamp < ?5
+                 ORDER BY timestamp, id",
+                read.boundary.max(EventPosition {
+                    timestamp: start,
+                    id: 0,
+                }),
+                end,
+            ),
+            ReadDirection::Backward => (
                 "SELECT id, timestamp, ingestion_time, message FROM log_events
-                 WHERE group_id = ?1 AND stream_id = ?2 AND timestamp >= ?3 AND timestamp < ?4
-                   AND (timestamp, id) <= (?5, ?6)
-                 ORDER BY timestamp DESC, id DESC"
-            }
+                 WHERE group_id = ?1 AND stream_id = ?2
+                   AND (timestamp, id) <= (?3, ?4) AND timestamp >= ?5
+                 ORDER BY timestamp DESC, id DESC",
+                // `t < end` is `(t, id) <= (end - 1, MAX)`; nothing is before i64::MIN.
+                read.boundary.min(EventPosition {
+                    timestamp: end.saturating_sub(1),
+                    id: if end == i64::MIN { i64::MIN } else { i64::MAX },
+                }),
+                start,
+            ),
         };
         let mut statement = snapshot
             .prepare_cached(sql)
             .map_err(db("read log events"))?;
         let mut rows = statement
-            .query(params![
-                group_id,
-                stream_id,
-                start,
-                end,
-                read.boundary.timestamp,
-                read.boundary.id
-            ])
+            .query(params![group_id, stream_id, seek.timestamp, seek.id, stop])
             .map_err(db("read log events"))?;
         let mut events = Vec::new();
         let mut bytes = 0;
@@ -1205,8 +1213,7 @@ mod tests {
             4,
         );
         assert_eq!(from_tail, expected[6..]);
-        // A stream with no events yet reads empty.
-        sink.append("g", "empty", vec![]);
+        // A stream that starts after the others reads only its own.
         sink.append("g", "late", vec![event(500, "alone")]);
         sink.flush().unwrap();
         assert_eq!(

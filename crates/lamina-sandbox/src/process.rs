@@ -96,12 +96,16 @@ impl Sandbox for ProcessSandbox {
             .stderr(Stdio::from(out_w2))
             // Its own process group, so kill() reaches the whole tree it spawns.
             .process_group(0);
-        // SAFETY: the closure makes one async-signal-safe system call.
-        unsafe {
-            child.pre_exec(|| {
-                crate::sys::reset_priority();
-                Ok(())
-            });
+        // Only from a thread at a raised priority: a `pre_exec` makes std fork the whole
+        // server instead of using posix_spawn.
+        if crate::sys::priority_raised() {
+            // SAFETY: the closure makes two async-signal-safe system calls.
+            unsafe {
+                child.pre_exec(|| {
+                    crate::sys::reset_priority();
+                    Ok(())
+                });
+            }
         }
         let child = child.spawn().map_err(|e| SandboxError::Setup {
             environment_id: id.to_owned(),

@@ -23,17 +23,26 @@ struct CloneArgs {
 pub(crate) const CLONE_PIDFD: u64 = 0x1000;
 pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Puts the calling process (a function's, before it runs anything) at the default
-/// scheduling priority, whatever the server's: `lamina serve` raises its serving
-/// threads' priority, and a child inherits the nice value of the thread that forked it.
-/// Best effort: lowering one's priority needs no privilege, and a server started at a
-/// lower priority than the default (`nice lamina serve`) leaves its functions there.
-/// Async-signal-safe.
+/// Whether the calling thread runs at a raised priority (a negative nice value), as
+/// `lamina serve`'s serving threads do, and a child of theirs would by inheritance.
+pub(crate) fn priority_raised() -> bool {
+    // SAFETY: plain system call on the calling thread. (-1 is also the error return;
+    // treating it as raised only costs a needless reset.)
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) < 0 }
+}
+
+/// Puts the calling process (a function's, before it runs anything) back at the default
+/// priority if it inherited a raised one: `lamina serve` raises its serving threads'
+/// priority, and a child inherits the nice value of the thread that forked it. A server
+/// started at a lower priority (`nice lamina serve`) leaves its functions there.
+/// Lowering one's priority needs no privilege. Async-signal-safe.
 pub(crate) fn reset_priority() {
-    // SAFETY: plain system call on the calling thread (which, in a child that has not
-    // started threads, is its whole process).
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+    if priority_raised() {
+        // SAFETY: plain system call on the calling thread (which, in a child that has
+        // not started threads, is its whole process).
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        }
     }
 }
 

@@ -347,13 +347,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         builder
             .worker_threads(worker_threads)
             .on_thread_start(move || {
-                let _ = set_thread_nice(server_nice);
+                if server_nice != 0 {
+                    let _ = set_thread_nice(server_nice);
+                }
             });
         builder
     };
-    // The main thread serves (the current-thread scheduler) or accepts; the blocking
-    // pool's threads it starts inherit its priority. The log and queue writers, started
-    // above, keep the default.
+    // The main thread serves (the current-thread scheduler) or accepts; threads started
+    // from it later inherit its priority: the blocking pool (the control plane's SQLite
+    // and file work, environment starts), the queue's writer, the exit watchers. The log
+    // writer and the /tmp pool, started above, keep the default.
     if server_nice != 0
         && let Err(error) = set_thread_nice(server_nice)
     {
