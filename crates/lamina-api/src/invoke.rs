@@ -107,7 +107,7 @@ async fn invoke_function(
 ) -> Result<Response, ApiError> {
     let qualifier = match query {
         None | Some("") => None,
-        Some(query) => query_value(&query_pairs(Some(query.to_owned()))?, "Qualifier"),
+        Some(query) => query_value(&query_pairs(Some(query))?, "Qualifier"),
     };
     let invocation_type = header(headers, "x-amz-invocation-type").unwrap_or("RequestResponse");
     let log_type = header(headers, "x-amz-log-type").unwrap_or("None");

@@ -219,8 +219,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// The query string as name/value pairs; repeated names (`tagKeys=a&tagKeys=b`) are kept.
-pub(crate) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| ApiError::MalformedBody {
+pub(crate) fn query_pairs(raw: Option<impl AsRef<str>>) -> Result<Vec<(String, String)>, ApiError> {
+    let raw = raw.as_ref().map_or("", |raw| raw.as_ref());
+    serde_urlencoded::from_str(raw).map_err(|e| ApiError::MalformedBody {
         detail: format!("query string: {e}"),
     })
 }
