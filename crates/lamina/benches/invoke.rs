@@ -20,7 +20,8 @@
 //! `LAMINA_BENCH_SANDBOX` picks the sandbox tier (`linux`, `process`; default: auto).
 //! `LAMINA_BENCH_CONCURRENCY` (e.g. `32` or `8,32`) limits the throughput runs to those
 //! concurrencies, and `LAMINA_BENCH_ONLY=throughput` skips the cold-start, scale-out and
-//! idle-environment parts (for profiling one run). `LAMINA_BENCH_FUNCTION=minimal` runs
+//! idle-environment parts (for profiling one run); `LAMINA_BENCH_ONLY=environments` runs
+//! only the scale-out and idle-environment parts. `LAMINA_BENCH_FUNCTION=minimal` runs
 //! `lamina-noop-minimal` (the smallest Runtime API client, blocking std I/O) instead of the
 //! `lambda_runtime` function, to tell the platform's cost from the client library's (the
 //! scale-out and idle parts need the test function's `sleep` and are skipped then).
@@ -342,7 +343,9 @@ impl Drop for ServerGuard {
 }
 
 fn main() {
-    let only_throughput = std::env::var("LAMINA_BENCH_ONLY").as_deref() == Ok("throughput");
+    let only = std::env::var("LAMINA_BENCH_ONLY").ok();
+    let only_throughput = only.as_deref() == Some("throughput");
+    let only_environments = only.as_deref() == Some("environments");
     let concurrencies: Vec<usize> = std::env::var("LAMINA_BENCH_CONCURRENCY")
         .ok()
         .map(|list| {
@@ -407,7 +410,7 @@ fn main() {
 
     // Cold starts: a new function each time, so every first invoke starts an environment.
     let mut connection = Connection::open(&host);
-    if !only_throughput {
+    if !only_throughput && !only_environments {
         let mut create_to_answer = Vec::new();
         let mut first_invoke = Vec::new();
         for i in 0..20 {
@@ -440,12 +443,53 @@ fn main() {
         );
     }
 
+    if !only_environments {
+        warm_throughput(
+            &host,
+            server.0.id(),
+            &mut connection,
+            &zip_base64,
+            memory,
+            concurrencies,
+            seconds,
+        );
+    }
+    if only_throughput {
+        return;
+    }
+    if minimal {
+        // Those parts hold environments busy with the test function's `sleep` action,
+        // which the minimal client does not have.
+        println!("scale-out and idle environments: run without LAMINA_BENCH_FUNCTION=minimal");
+        return;
+    }
+    scale_out(&host, &mut connection, &zip_base64, memory);
+    let idle: usize = std::env::var("LAMINA_BENCH_IDLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    idle_environments(&host, server.0.id(), &mut connection, &zip_base64, 200);
+    if idle > 0 {
+        idle_environments(&host, server.0.id(), &mut connection, &zip_base64, idle);
+    }
+}
+
+/// Warm invokes of one function: sequential latency, then throughput at each concurrency.
+fn warm_throughput(
+    host: &str,
+    server_pid: u32,
+    connection: &mut Connection,
+    zip_base64: &str,
+    memory: u32,
+    concurrencies: Vec<usize>,
+    seconds: f64,
+) {
     // Warm: one connection, sequential.
     let name = "warm";
     let (status, _) = connection.request(
         "POST",
         "/2015-03-31/functions",
-        &create_function_body(name, &zip_base64, memory),
+        &create_function_body(name, zip_base64, memory),
     );
     assert_eq!(status, 201);
     for _ in 0..500 {
@@ -475,10 +519,10 @@ fn main() {
     }
     for clients in concurrencies {
         // Warm enough environments first: overlapping invokes each start one.
-        throughput(&host, name, clients, 1.0);
-        let cpu_before = (process_cpu(server.0.id()), functions_cpu(), own_cpu());
-        let (rate, latencies) = throughput(&host, name, clients, seconds);
-        let cpu_after = (process_cpu(server.0.id()), functions_cpu(), own_cpu());
+        throughput(host, name, clients, 1.0);
+        let cpu_before = (process_cpu(server_pid), functions_cpu(), own_cpu());
+        let (rate, latencies) = throughput(host, name, clients, seconds);
+        let cpu_after = (process_cpu(server_pid), functions_cpu(), own_cpu());
         let per_invoke = |before: Duration, after: Duration| {
             after.saturating_sub(before).as_secs_f64() * 1e6 / latencies.len() as f64
         };
@@ -490,24 +534,5 @@ fn main() {
             per_invoke(cpu_before.1, cpu_after.1),
             per_invoke(cpu_before.2, cpu_after.2),
         );
-    }
-
-    if only_throughput {
-        return;
-    }
-    if minimal {
-        // Those parts hold environments busy with the test function's `sleep` action,
-        // which the minimal client does not have.
-        println!("scale-out and idle environments: run without LAMINA_BENCH_FUNCTION=minimal");
-        return;
-    }
-    scale_out(&host, &mut connection, &zip_base64, memory);
-    let idle: usize = std::env::var("LAMINA_BENCH_IDLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    idle_environments(&host, server.0.id(), &mut connection, &zip_base64, 200);
-    if idle > 0 {
-        idle_environments(&host, server.0.id(), &mut connection, &zip_base64, idle);
     }
 }
