@@ -19,18 +19,21 @@
 //! on the invocation's own `oneshot`. The first `next` tells the engine the runtime has
 //! initialised ([`RuntimeApi::ready`]).
 
+mod http1;
+
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use http1::{Body, Connection, Head, Method, ReadError, Reply, Status, decimal, push_header};
 
 /// The largest response a function may return, as AWS measures it.
 pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 /// Error bodies are capped too; a runtime can post a long stack trace, not gigabytes.
 const MAX_ERROR_BYTES: usize = MAX_RESPONSE_BYTES;
+/// What a request to no endpoint, or to `next`, may carry (and is dropped).
+const MAX_OTHER_BODY_BYTES: usize = 64 * 1024;
 
 /// One invocation handed to the runtime.
 #[derive(Debug)]
@@ -118,6 +121,9 @@ struct InFlight {
 struct Shared {
     // Only one `next` is served at a time: the runtime is single-threaded by contract.
     inbox: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
+    /// An invocation taken from the inbox for a runtime that had hung up meanwhile: the
+    /// next `next` serves it first.
+    returned: Mutex<Option<Invocation>>,
     in_flight: Mutex<Option<InFlight>>,
     init: watch::Sender<InitState>,
 }
@@ -125,6 +131,10 @@ struct Shared {
 impl Shared {
     fn in_flight(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn returned(&self) -> std::sync::MutexGuard<'_, Option<Invocation>> {
+        self.returned.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -141,6 +151,7 @@ pub fn serve(
     let (init_tx, init_rx) = watch::channel(InitState::Initializing);
     let shared = Arc::new(Shared {
         inbox: tokio::sync::Mutex::new(inbox_rx),
+        returned: Mutex::new(None),
         in_flight: Mutex::new(None),
         init: init_tx,
     });
@@ -152,9 +163,7 @@ pub fn serve(
 }
 
 /// Accepts the runtime's connections (normally one, kept alive) until `shutdown`, each
-/// served by hyper directly. Two of the three HTTP requests of every invocation come
-/// here, so this skips axum's router and tower layers (their matching, boxing and path
-/// extraction); the four endpoints are matched by hand in [`route`].
+/// served by [`serve_connection`].
 async fn accept_runtimes(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -176,114 +185,184 @@ async fn accept_runtimes(
         };
         // Small responses on a loopback keep-alive connection: Nagle would add 40 ms stalls.
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(shared, request).await) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .await
-            {
-                tracing::debug!(%error, "runtime api connection ended");
+        tokio::spawn(serve_connection(Connection::new(tcp), shared.clone()));
+    }
+}
+
+/// Serves one connection's requests in order until the runtime closes it or a request
+/// cannot be read (answered 400 or 431 first when the connection still works).
+async fn serve_connection(mut connection: Connection, shared: Arc<Shared>) {
+    loop {
+        let head = match connection.read_head().await {
+            Ok(Some(head)) => head,
+            Ok(None) | Err(ReadError::Io) => return,
+            Err(refused) => {
+                let mut reply = match refused {
+                    ReadError::HeadTooLarge => runtime_error(
+                        Status::HeadersTooLarge,
+                        "RequestHeaderFieldsTooLarge",
+                        "the request head is too large",
+                    ),
+                    _ => runtime_error(
+                        Status::BadRequest,
+                        "InvalidRequest",
+                        "the request is not valid HTTP/1.1",
+                    ),
+                };
+                reply.close = true;
+                let _ = connection.respond(None, &reply).await;
+                return;
             }
-        });
+        };
+        let mut reply = match route(&shared, &mut connection, &head).await {
+            Ok(reply) => reply,
+            Err(ReadError::Io) => return,
+            // A body that is not valid chunked framing.
+            Err(_) => runtime_error(
+                Status::BadRequest,
+                "InvalidRequest",
+                "the request body is not valid HTTP/1.1",
+            ),
+        };
+        reply.close |= !head.keep_alive || connection.out_of_step();
+        if connection.respond(Some(&head), &reply).await.is_err() || reply.close {
+            return;
+        }
     }
 }
 
 const RUNTIME_PATH: &str = "/2018-06-01/runtime/";
 
 /// The Runtime API's endpoints; a known path with another method answers 405, as a
-/// router would, and anything else `UnknownEndpoint`.
+/// router would, and anything else `UnknownEndpoint`. Reads the request's body (so the
+/// connection stays in step) before answering.
 async fn route(
-    shared: Arc<Shared>,
-    request: axum::http::Request<hyper::body::Incoming>,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = Body::new(body);
-    let post = parts.method == Method::POST;
-    let Some(endpoint) = parts.uri.path().strip_prefix(RUNTIME_PATH) else {
-        return unknown_endpoint();
-    };
+    shared: &Shared,
+    connection: &mut Connection,
+    head: &Head,
+) -> Result<Reply, ReadError> {
+    let post = head.method == Method::Post;
+    let path = head
+        .path
+        .split_once('?')
+        .map_or(head.path.as_str(), |(path, _)| path);
+    let endpoint = path.strip_prefix(RUNTIME_PATH);
     match endpoint {
-        "invocation/next" if parts.method == Method::GET => next_invocation(shared).await,
-        "invocation/next" => method_not_allowed("GET"),
-        "init/error" if post => init_error(shared, &parts.headers, body).await,
-        "init/error" => method_not_allowed("POST"),
+        Some("invocation/next") if head.method == Method::Get => {
+            discard_body(connection, head).await?;
+            if connection.out_of_step() {
+                // Its body was not read: no invocation goes to a connection about to close.
+                return Ok(runtime_error(
+                    Status::PayloadTooLarge,
+                    "RequestEntityTooLarge",
+                    "a request for the next invocation has no body",
+                ));
+            }
+            next_invocation(shared, connection).await
+        }
+        Some("invocation/next") => refuse(connection, head, method_not_allowed("GET")).await,
+        Some("init/error") if post => {
+            if *shared.init.borrow() != InitState::Initializing {
+                let refusal = runtime_error(
+                    Status::Forbidden,
+                    "InvalidStateTransition",
+                    "initialization already finished",
+                );
+                return refuse(connection, head, refusal).await;
+            }
+            let body = connection.read_body(head, MAX_ERROR_BYTES).await?;
+            Ok(init_error(shared, head, body))
+        }
+        Some("init/error") => refuse(connection, head, method_not_allowed("POST")).await,
         _ => {
             let report = endpoint
-                .strip_prefix("invocation/")
+                .and_then(|endpoint| endpoint.strip_prefix("invocation/"))
                 .and_then(|rest| rest.split_once('/'))
                 .filter(|(id, kind)| !id.is_empty() && matches!(*kind, "response" | "error"));
             let Some((id, kind)) = report else {
-                return unknown_endpoint();
+                return refuse(connection, head, unknown_endpoint()).await;
             };
             if !post {
-                return method_not_allowed("POST");
+                return refuse(connection, head, method_not_allowed("POST")).await;
             }
             let Ok(request_id) = percent_encoding::percent_decode_str(id).decode_utf8() else {
-                return ClaimError::WrongRequestId(id.to_owned()).into_response();
+                let refusal = ClaimError::WrongRequestId(id.to_owned()).reply();
+                return refuse(connection, head, refusal).await;
             };
             if kind == "response" {
-                invocation_response(shared, &request_id, body).await
+                let in_flight = match claim(shared, &request_id) {
+                    Ok(in_flight) => in_flight,
+                    Err(refused) => return refuse(connection, head, refused.reply()).await,
+                };
+                let body = connection.read_body(head, MAX_RESPONSE_BYTES).await?;
+                Ok(invocation_response(in_flight, body))
             } else {
-                invocation_error(shared, &request_id, &parts.headers, body).await
+                let in_flight = match claim(shared, &request_id) {
+                    Ok(in_flight) => in_flight,
+                    Err(refused) => return refuse(connection, head, refused.reply()).await,
+                };
+                let body = connection.read_body(head, MAX_ERROR_BYTES).await?;
+                Ok(invocation_error(in_flight, head, body))
             }
         }
     }
 }
 
-fn unknown_endpoint() -> Response {
+/// Answers `reply` after reading past the request's body.
+async fn refuse(
+    connection: &mut Connection,
+    head: &Head,
+    reply: Reply,
+) -> Result<Reply, ReadError> {
+    discard_body(connection, head).await?;
+    Ok(reply)
+}
+
+async fn discard_body(connection: &mut Connection, head: &Head) -> Result<(), ReadError> {
+    connection
+        .read_body(head, MAX_OTHER_BODY_BYTES)
+        .await
+        .map(drop)
+}
+
+fn unknown_endpoint() -> Reply {
     runtime_error(
-        StatusCode::NOT_FOUND,
+        Status::NotFound,
         "UnknownEndpoint",
         "the Runtime API has no such endpoint",
     )
 }
 
-fn method_not_allowed(allowed: &'static str) -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, HeaderValue::from_static(allowed))],
-    )
-        .into_response()
+fn method_not_allowed(allowed: &'static str) -> Reply {
+    let mut reply = Reply::json(Status::MethodNotAllowed, Bytes::new());
+    reply.content_type = None;
+    push_header(&mut reply.headers, "allow", allowed);
+    reply
 }
 
-fn runtime_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+fn runtime_error(status: Status, error_type: &str, message: &str) -> Reply {
     let body = serde_json::json!({ "errorMessage": message, "errorType": error_type });
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
+    Reply::json(status, body.to_string())
 }
 
-fn accepted() -> Response {
-    (
-        StatusCode::ACCEPTED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        r#"{"status":"OK"}"#,
-    )
-        .into_response()
+fn accepted() -> Reply {
+    Reply::json(Status::Accepted, Bytes::from_static(br#"{"status":"OK"}"#))
 }
 
-async fn next_invocation(shared: Arc<Shared>) -> Response {
-    shared.init.send_if_modified(|state| {
-        if *state == InitState::Initializing {
-            *state = InitState::Ready;
-            true
-        } else {
-            false
-        }
-    });
+/// `GET next`: the next invocation, waited for as long as it takes unless the runtime
+/// hangs up meanwhile.
+async fn next_invocation(shared: &Shared, connection: &mut Connection) -> Result<Reply, ReadError> {
+    // Looked at first under the read lock: only the first `next` changes anything.
+    if *shared.init.borrow() == InitState::Initializing {
+        shared.init.send_if_modified(|state| {
+            if *state == InitState::Initializing {
+                *state = InitState::Ready;
+                true
+            } else {
+                false
+            }
+        });
+    }
     // A runtime asking for the next event without reporting the last one abandoned it.
     if let Some(abandoned) = shared.in_flight().take() {
         let _ = abandoned.outcome.send(InvocationOutcome::Error {
@@ -293,50 +372,60 @@ async fn next_invocation(shared: Arc<Shared>) -> Response {
             ),
         });
     }
-    let invocation = {
-        let mut inbox = shared.inbox.lock().await;
-        inbox.recv().await
+    let returned = shared.returned().take();
+    let invocation = match returned {
+        Some(invocation) => Some(invocation),
+        None => tokio::select! {
+            biased;
+            invocation = async { shared.inbox.lock().await.recv().await } => invocation,
+            () = connection.closed() => return Err(ReadError::Io),
+        },
     };
+    if invocation.is_some() && connection.hung_up() {
+        // It came with a hang-up (a write to a half-closed socket succeeds, so nothing
+        // else would notice): keep it for the runtime's next connection.
+        *shared.returned() = invocation;
+        return Err(ReadError::Io);
+    }
     let Some(invocation) = invocation else {
         // The environment is being torn down; the runtime will be killed shortly.
-        return runtime_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        return Ok(runtime_error(
+            Status::InternalServerError,
             "EnvironmentShuttingDown",
             "the execution environment is shutting down",
-        );
+        ));
     };
-    let mut response = Response::new(Body::from(invocation.payload));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    let mut reply = Reply::json(Status::Ok, invocation.payload);
+    let headers = &mut reply.headers;
+    headers.reserve(320);
+    push_header(
+        headers,
+        "lambda-runtime-aws-request-id",
+        &invocation.request_id,
     );
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
-    };
-    put("lambda-runtime-aws-request-id", &invocation.request_id);
-    put(
+    let mut deadline = [0u8; 20];
+    push_header(
+        headers,
         "lambda-runtime-deadline-ms",
-        &invocation.deadline_ms.to_string(),
+        decimal(invocation.deadline_ms, &mut deadline),
     );
-    put(
+    push_header(
+        headers,
         "lambda-runtime-invoked-function-arn",
         &invocation.invoked_function_arn,
     );
-    put("lambda-runtime-trace-id", &invocation.trace_id);
+    push_header(headers, "lambda-runtime-trace-id", &invocation.trace_id);
     if let Some(context) = &invocation.client_context {
-        put("lambda-runtime-client-context", context);
+        push_header(headers, "lambda-runtime-client-context", context);
     }
     if let Some(identity) = &invocation.cognito_identity {
-        put("lambda-runtime-cognito-identity", identity);
+        push_header(headers, "lambda-runtime-cognito-identity", identity);
     }
     *shared.in_flight() = Some(InFlight {
         request_id: invocation.request_id,
         outcome: invocation.outcome,
     });
-    response
+    Ok(reply)
 }
 
 /// Why a runtime's report does not match the invocation in flight.
@@ -346,16 +435,16 @@ enum ClaimError {
     WrongRequestId(String),
 }
 
-impl IntoResponse for ClaimError {
-    fn into_response(self) -> Response {
+impl ClaimError {
+    fn reply(self) -> Reply {
         match self {
             ClaimError::NothingInFlight => runtime_error(
-                StatusCode::FORBIDDEN,
+                Status::Forbidden,
                 "InvalidStateTransition",
                 "no invocation is in flight in this environment",
             ),
             ClaimError::WrongRequestId(id) => runtime_error(
-                StatusCode::BAD_REQUEST,
+                Status::BadRequest,
                 "InvalidRequestID",
                 &format!("invalid request id {id}"),
             ),
@@ -375,25 +464,16 @@ fn claim(shared: &Shared, request_id: &str) -> Result<InFlight, ClaimError> {
     }
 }
 
-/// Reads a body of at most `limit` bytes; `None` when it is larger.
-async fn read_limited(body: Body, limit: usize) -> Option<Bytes> {
-    axum::body::to_bytes(body, limit).await.ok()
-}
-
-async fn invocation_response(shared: Arc<Shared>, request_id: &str, body: Body) -> Response {
-    let in_flight = match claim(&shared, request_id) {
-        Ok(in_flight) => in_flight,
-        Err(refused) => return refused.into_response(),
-    };
-    match read_limited(body, MAX_RESPONSE_BYTES).await {
-        Some(payload) => {
+fn invocation_response(in_flight: InFlight, body: Body) -> Reply {
+    match body {
+        Body::Complete(payload) => {
             let _ = in_flight.outcome.send(InvocationOutcome::Response(payload));
             accepted()
         }
-        None => {
+        Body::TooLarge => {
             let _ = in_flight.outcome.send(InvocationOutcome::ResponseTooLarge);
             runtime_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                Status::PayloadTooLarge,
                 "RequestEntityTooLarge",
                 &format!("Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."),
             )
@@ -401,47 +481,33 @@ async fn invocation_response(shared: Arc<Shared>, request_id: &str, body: Body) 
     }
 }
 
-fn error_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The body of an error report, `{}` when it was over its limit.
+fn report_body(body: Body) -> Bytes {
+    match body {
+        Body::Complete(body) => body,
+        Body::TooLarge => Bytes::from_static(b"{}"),
+    }
 }
 
-async fn invocation_error(
-    shared: Arc<Shared>,
-    request_id: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
-    let in_flight = match claim(&shared, request_id) {
-        Ok(in_flight) => in_flight,
-        Err(refused) => return refused.into_response(),
-    };
-    let body = read_limited(body, MAX_ERROR_BYTES)
-        .await
-        .unwrap_or_else(|| Bytes::from_static(b"{}"));
+fn invocation_error(in_flight: InFlight, head: &Head, body: Body) -> Reply {
     let _ = in_flight.outcome.send(InvocationOutcome::Error {
-        error_type: error_type(headers),
-        body,
+        error_type: head.error_type.clone(),
+        body: report_body(body),
     });
     accepted()
 }
 
-async fn init_error(shared: Arc<Shared>, headers: &HeaderMap, body: Body) -> Response {
+fn init_error(shared: &Shared, head: &Head, body: Body) -> Reply {
     if *shared.init.borrow() != InitState::Initializing {
         return runtime_error(
-            StatusCode::FORBIDDEN,
+            Status::Forbidden,
             "InvalidStateTransition",
             "initialization already finished",
         );
     }
-    let body = read_limited(body, MAX_ERROR_BYTES)
-        .await
-        .unwrap_or_else(|| Bytes::from_static(b"{}"));
     shared.init.send_replace(InitState::Failed {
-        error_type: error_type(headers),
-        body,
+        error_type: head.error_type.clone(),
+        body: report_body(body),
     });
     accepted()
 }
@@ -669,5 +735,222 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(status, 403);
+    }
+
+    /// Reads one response off a kept-alive connection: (status, lower-cased head, body).
+    fn read_response(stream: &mut std::io::BufReader<TcpStream>) -> (u16, String, Vec<u8>) {
+        use std::io::BufRead;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                stream.read_line(&mut line).unwrap() > 0,
+                "connection closed"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_lowercase());
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).unwrap();
+        (head[9..12].parse().unwrap(), head, body)
+    }
+
+    fn connect(addr: &str) -> (TcpStream, std::io::BufReader<TcpStream>) {
+        let stream = TcpStream::connect(addr).unwrap();
+        let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        (stream, reader)
+    }
+
+    const NEXT: &str = "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_kept_alive_connection_serves_chunked_pipelined_and_continued_requests() {
+        let (api, addr) = start();
+        let (first, first_outcome) = invocation("r1");
+        api.dispatch(first).unwrap();
+        let runtime = tokio::task::spawn_blocking(move || {
+            let (mut stream, mut reader) = connect(&addr);
+            stream.write_all(NEXT.as_bytes()).unwrap();
+            let (status, head, body) = read_response(&mut reader);
+            assert_eq!(status, 200);
+            assert!(head.contains("lambda-runtime-aws-request-id: r1"), "{head}");
+            assert_eq!(body, br#"{"hello":"world"}"#);
+            // A chunked body with a chunk extension and a trailer, then the next `next`
+            // pipelined behind it in the same write.
+            stream
+                .write_all(
+                    b"POST /2018-06-01/runtime/invocation/r1/response HTTP/1.1\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n\
+                      3;ext=1\r\n\"ok\r\n1\r\n\"\r\n0\r\nX-Trailer: t\r\n\r\n",
+                )
+                .unwrap();
+            stream.write_all(NEXT.as_bytes()).unwrap();
+            let (status, _, body) = read_response(&mut reader);
+            assert_eq!((status, &body[..]), (202, &br#"{"status":"OK"}"#[..]));
+            let (status, head, _) = read_response(&mut reader);
+            assert_eq!(status, 200);
+            assert!(head.contains("lambda-runtime-aws-request-id: r2"), "{head}");
+            // `Expect: 100-continue`: the body goes only after the interim answer.
+            stream
+                .write_all(
+                    b"POST /2018-06-01/runtime/invocation/r2/error HTTP/1.1\r\n\
+                      Content-Length: 2\r\nExpect: 100-continue\r\n\
+                      Lambda-Runtime-Function-Error-Type: Boom\r\n\r\n",
+                )
+                .unwrap();
+            let mut interim = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut interim).unwrap();
+            assert_eq!(interim, "HTTP/1.1 100 Continue\r\n");
+            std::io::BufRead::read_line(&mut reader, &mut interim).unwrap();
+            stream.write_all(b"{}").unwrap();
+            let (status, _, _) = read_response(&mut reader);
+            assert_eq!(status, 202);
+        });
+        assert_eq!(
+            first_outcome.await.unwrap(),
+            InvocationOutcome::Response(Bytes::from_static(b"\"ok\""))
+        );
+        let (second, second_outcome) = invocation("r2");
+        api.dispatch(second).unwrap();
+        assert_eq!(
+            second_outcome.await.unwrap(),
+            InvocationOutcome::Error {
+                error_type: Some("Boom".into()),
+                body: Bytes::from_static(b"{}"),
+            }
+        );
+        runtime.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_requests_are_answered_and_the_connection_closed() {
+        let (_api, addr) = start();
+        for raw in [
+            &b"NOT HTTP AT ALL\r\n\r\n"[..],
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let addr = addr.clone();
+            let (status, rest) = tokio::task::spawn_blocking(move || {
+                let (mut stream, mut reader) = connect(&addr);
+                stream.write_all(raw).unwrap();
+                let (status, head, _) = read_response(&mut reader);
+                assert!(head.contains("connection: close"), "{head}");
+                let mut rest = Vec::new();
+                reader.read_to_end(&mut rest).unwrap();
+                (status, rest)
+            })
+            .await
+            .unwrap();
+            assert_eq!(status, 400);
+            assert!(rest.is_empty(), "closed after the answer");
+        }
+        let (status, _) = tokio::task::spawn_blocking(move || {
+            let (mut stream, mut reader) = connect(&addr);
+            let huge = format!(
+                "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nX: {}\r\n\r\n",
+                "a".repeat(http1::MAX_HEAD_BYTES)
+            );
+            stream.write_all(huge.as_bytes()).unwrap();
+            let (status, head, _) = read_response(&mut reader);
+            (status, head)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 431);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runtime_hanging_up_while_waiting_does_not_keep_the_invocation() {
+        let (api, addr) = start();
+        let (stream, _reader) = connect(&addr);
+        (&stream).write_all(NEXT.as_bytes()).unwrap();
+        assert_eq!(api.ready().await, InitState::Ready);
+        drop(stream);
+        drop(_reader);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (inv, _outcome) = invocation("after-hang-up");
+        api.dispatch(inv).unwrap();
+        let (status, head, _) = tokio::task::spawn_blocking(move || {
+            let (mut stream, mut reader) = connect(&addr);
+            stream.write_all(NEXT.as_bytes()).unwrap();
+            read_response(&mut reader)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        assert!(head.contains("lambda-runtime-aws-request-id: after-hang-up"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_chunked_response_is_refused() {
+        let (api, addr) = start();
+        let (inv, outcome) = invocation("big");
+        api.dispatch(inv).unwrap();
+        let status = tokio::task::spawn_blocking(move || {
+            let (mut stream, mut reader) = connect(&addr);
+            stream.write_all(NEXT.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut reader).0, 200);
+            stream
+                .write_all(b"POST /2018-06-01/runtime/invocation/big/response HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap();
+            let chunk = vec![b'x'; 1024 * 1024];
+            for _ in 0..7 {
+                stream.write_all(b"100000\r\n").unwrap();
+                stream.write_all(&chunk).unwrap();
+                stream.write_all(b"\r\n").unwrap();
+            }
+            stream.write_all(b"0\r\n\r\n").unwrap();
+            read_response(&mut reader).0
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 413);
+        assert_eq!(outcome.await.unwrap(), InvocationOutcome::ResponseTooLarge);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn head_answers_carry_no_body_and_oversized_bodies_are_not_invited() {
+        let (api, addr) = start();
+        let (inv, outcome) = invocation("big");
+        api.dispatch(inv).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let (mut stream, mut reader) = connect(&addr);
+            // A HEAD answer announces its length but sends no body: the next answer on
+            // the same connection starts right after the head.
+            stream
+                .write_all(b"HEAD /2018-06-01/runtime/nothing HTTP/1.1\r\n\r\n")
+                .unwrap();
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+            stream.write_all(NEXT.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut reader).0, 200);
+            // Too large to be read: answered at once, without `100 Continue`, and closed.
+            let oversized = format!(
+                "POST /2018-06-01/runtime/invocation/big/response HTTP/1.1\r\n\
+                 Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+                MAX_RESPONSE_BYTES + 1
+            );
+            stream.write_all(oversized.as_bytes()).unwrap();
+            let (status, head, _) = read_response(&mut reader);
+            assert_eq!(status, 413);
+            assert!(head.contains("connection: close"), "{head}");
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome.await.unwrap(), InvocationOutcome::ResponseTooLarge);
     }
 }
