@@ -559,13 +559,13 @@ async fn json_log_format_writes_structured_logs() {
     assert_eq!(error["requestId"], rid);
 }
 
-/// aws-lambda-powertools installed into the zip as AWS's documentation says to package
+/// `package` installed into the zip beside `files`, as AWS's documentation says to package
 /// dependencies for a runtime (`pip install --target … --python-version X.Y
-/// --only-binary=:all:`), cached per Python version under the target directory.
-fn powertools_zip(runtime: &str, handler: &str) -> Vec<u8> {
+/// --only-binary=:all:`), cached per package and Python version under the target directory.
+fn pip_zip(runtime: &str, package: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let version = version_of(runtime);
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("aws-lambda-powertools-{version}"));
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{package}-{version}"));
     let marker = dir.join(".installed");
     if !marker.exists() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -586,17 +586,19 @@ fn powertools_zip(runtime: &str, handler: &str) -> Vec<u8> {
                 "--target",
             ])
             .arg(&dir)
-            .arg("aws-lambda-powertools")
+            .arg(package)
             .status()
             .expect("python3 -m pip runs (./scripts/test provides a venv with pip)");
         assert!(
             status.success(),
-            "pip could not install aws-lambda-powertools from PyPI"
+            "pip could not install {package} from PyPI"
         );
         std::fs::write(&marker, b"").unwrap();
     }
-    let mut files: Vec<(String, Vec<u8>)> =
-        vec![("app.py".to_owned(), handler.as_bytes().to_vec())];
+    let mut files: Vec<(String, Vec<u8>, u32)> = files
+        .iter()
+        .map(|(name, bytes, mode)| (name.to_string(), bytes.to_vec(), *mode))
+        .collect();
     let mut pending = vec![dir.clone()];
     while let Some(current) = pending.pop() {
         for entry in std::fs::read_dir(&current).unwrap() {
@@ -611,13 +613,13 @@ fn powertools_zip(runtime: &str, handler: &str) -> Vec<u8> {
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
-                files.push((name, std::fs::read(&path).unwrap()));
+                files.push((name, std::fs::read(&path).unwrap(), 0o644));
             }
         }
     }
     let entries: Vec<(&str, &[u8], u32)> = files
         .iter()
-        .map(|(name, bytes)| (name.as_str(), bytes.as_slice(), 0o644))
+        .map(|(name, bytes, mode)| (name.as_str(), bytes.as_slice(), *mode))
         .collect();
     zip_of(&entries)
 }
@@ -643,7 +645,11 @@ async fn a_powertools_function_logs_with_its_lambda_context() {
         "powertools",
         &runtime,
         "app.handler",
-        powertools_zip(&runtime, POWERTOOLS),
+        pip_zip(
+            &runtime,
+            "aws-lambda-powertools",
+            &[("app.py", POWERTOOLS.as_bytes(), 0o644)],
+        ),
     )
     .await;
     for (attempt, cold) in [(1, true), (2, false)] {
@@ -1150,4 +1156,55 @@ async fn a_multi_line_log_record_is_one_event() {
     let position = |p: &str| events.iter().position(|e| e.starts_with(p)).unwrap();
     assert!(position("printed one") < position("[INFO]"));
     assert!(position("[INFO]") < position("printed two"));
+}
+
+/// AWS's own Python runtime client, `awslambdaric` (its HTTP is libcurl's, through
+/// aws-lambda-cpp), started by a wrapper script in place of Lamina's bootstrap — as a
+/// container image's entry point starts it — is served by Lamina's Runtime API: results
+/// small and large (2 MB, many segments), errors with their type, and the lines the
+/// handler prints.
+#[tokio::test]
+async fn awslambdaric_runs_a_function_against_the_runtime_api() {
+    let server = LaminaServer::start();
+    let client = server.client();
+    let runtime = python();
+    let wrapper = b"#!/bin/sh\nexec \"$1\" -m awslambdaric \"$_HANDLER\"\n";
+    let code = b"def handler(event, context):\n    print('ric says', context.aws_request_id)\n    if event.get('fail'):\n        raise ValueError('boom')\n    return {'echo': event, 'big': 'x' * event.get('size', 0)}\n";
+    let zip = pip_zip(
+        &runtime,
+        "awslambdaric",
+        &[("app.py", code, 0o644), ("wrapper.sh", wrapper, 0o755)],
+    );
+    create_managed_with(&client, "ric", &runtime, "app.handler", zip, |b| {
+        b.environment(
+            aws_sdk_lambda::types::Environment::builder()
+                .variables("AWS_LAMBDA_EXEC_WRAPPER", "/var/task/wrapper.sh")
+                .build(),
+        )
+    })
+    .await;
+
+    let got = invoke_tail(&client, "ric", json!({"a": 1})).await;
+    assert_eq!(got.function_error, None, "{}\n{}", got.payload, got.log);
+    assert_eq!(got.payload, json!({"echo": {"a": 1}, "big": ""}));
+    assert!(
+        got.log
+            .contains(&format!("ric says {}", request_id(&got.log))),
+        "{}",
+        got.log
+    );
+
+    let got = invoke_tail(&client, "ric", json!({"size": 2_000_000})).await;
+    assert_eq!(got.function_error, None, "{}", got.log);
+    assert_eq!(got.payload["big"].as_str().map(str::len), Some(2_000_000));
+
+    let got = invoke_tail(&client, "ric", json!({"fail": true})).await;
+    assert_eq!(
+        got.function_error.as_deref(),
+        Some("Unhandled"),
+        "{}",
+        got.log
+    );
+    assert_eq!(got.payload["errorType"], "ValueError", "{}", got.payload);
+    assert_eq!(got.payload["errorMessage"], "boom");
 }
