@@ -44,8 +44,9 @@ const WRITER_NAP: Duration = Duration::from_millis(5);
 pub const BATCH_EVENTS: usize = 1_000;
 /// AWS's cap on the messages of one GetLogEvents or FilterLogEvents response.
 pub const MAX_RESPONSE_BYTES: usize = 1_048_576;
-/// FilterLogEvents stops scanning after this many events and answers with a token to
-/// continue, as AWS does, so a rare pattern over a large group cannot hold a reader long.
+/// FilterLogEvents and GetLogEvents stop scanning after this many events and answer with
+/// a token to continue (an empty page if need be), as AWS does, so a rare pattern over a
+/// large group, or a quiet stream among busy ones, cannot hold the reader long.
 pub const MAX_SCANNED_EVENTS: usize = 100_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -634,6 +635,18 @@ impl LogStore {
         stream: &str,
         read: &StreamRead,
     ) -> Result<StreamPage, LogError> {
+        self.stream_events_scanning(group, stream, read, MAX_SCANNED_EVENTS)
+    }
+
+    /// [`stream_events`](Self::stream_events), passing over at most `scan_cap` of the
+    /// group's events.
+    fn stream_events_scanning(
+        &self,
+        group: &str,
+        stream: &str,
+        read: &StreamRead,
+        scan_cap: usize,
+    ) -> Result<StreamPage, LogError> {
         let mut connection = self.read();
         // One snapshot for the stream's time span and its events.
         let snapshot = connection.transaction().map_err(db("read log events"))?;
@@ -669,11 +682,12 @@ impl LogStore {
         // narrowed to the time range), so that SQLite seeks there rather than at the
         // stream's first (or last) event and walks to the position; the other side only
         // stops the scan. Row ids start at 1, so `(t, id) > (start, 0)` is `t >= start`.
+        // The scan reads the group's index only (it covers timestamp, id and stream_id)
+        // and counts what it passes over; the stream's own events are then read by row id.
         let (sql, seek, stop) = match read.direction {
             ReadDirection::Forward => (
-                "SELECT id, timestamp, ingestion_time, message FROM log_events
-                 WHERE group_id = ?1 AND stream_id = ?2
-                   AND (timestamp, id) > (?3, ?4) AND timestamp < ?5
+                "SELECT id, timestamp, stream_id FROM log_events
+                 WHERE group_id = ?1 AND (timestamp, id) > (?2, ?3) AND timestamp < ?4
                  ORDER BY timestamp, id",
                 read.boundary.max(EventPosition {
                     timestamp: start,
@@ -682,9 +696,8 @@ impl LogStore {
                 end,
             ),
             ReadDirection::Backward => (
-                "SELECT id, timestamp, ingestion_time, message FROM log_events
-                 WHERE group_id = ?1 AND stream_id = ?2
-                   AND (timestamp, id) <= (?3, ?4) AND timestamp >= ?5
+                "SELECT id, timestamp, stream_id FROM log_events
+                 WHERE group_id = ?1 AND (timestamp, id) <= (?2, ?3) AND timestamp >= ?4
                  ORDER BY timestamp DESC, id DESC",
                 // `t < end` is `(t, id) <= (end - 1, MAX)`; nothing is before i64::MIN.
                 read.boundary.min(EventPosition {
@@ -694,38 +707,71 @@ impl LogStore {
                 start,
             ),
         };
-        let mut statement = snapshot
+        let mut scan = snapshot
             .prepare_cached(sql)
             .map_err(db("read log events"))?;
-        let mut rows = statement
-            .query(params![group_id, stream_id, seek.timestamp, seek.id, stop])
+        let mut fetch = snapshot
+            .prepare_cached("SELECT ingestion_time, message FROM log_events WHERE id = ?1")
+            .map_err(db("read log events"))?;
+        let mut rows = scan
+            .query(params![group_id, seek.timestamp, seek.id, stop])
             .map_err(db("read log events"))?;
         let mut events = Vec::new();
         let mut bytes = 0;
+        let mut scanned = 0;
+        // Where the scan stopped short of the range's end, if it did so on its cap.
+        let mut stopped_at = None;
         while events.len() < read.limit {
             let Some(row) = rows.next().map_err(db("read log events"))? else {
                 break;
             };
-            let message: String = row.get(3).map_err(db("read log events"))?;
-            bytes += message.len();
-            if bytes > MAX_RESPONSE_BYTES && !events.is_empty() {
+            let position = EventPosition {
+                timestamp: row.get(1).map_err(db("read log events"))?,
+                id: row.get(0).map_err(db("read log events"))?,
+            };
+            let owner: i64 = row.get(2).map_err(db("read log events"))?;
+            scanned += 1;
+            if owner == stream_id {
+                let (ingestion_time, message): (i64, String) = fetch
+                    .query_row(params![position.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(db("read log events"))?;
+                bytes += message.len();
+                if bytes > MAX_RESPONSE_BYTES && !events.is_empty() {
+                    break;
+                }
+                events.push(StoredLogEvent {
+                    id: position.id,
+                    stream_name: stream.to_owned(),
+                    timestamp: position.timestamp,
+                    ingestion_time,
+                    message,
+                });
+            }
+            if scanned >= scan_cap {
+                stopped_at = Some(position);
                 break;
             }
-            events.push(StoredLogEvent {
-                id: row.get(0).map_err(db("read log events"))?,
-                stream_name: stream.to_owned(),
-                timestamp: row.get(1).map_err(db("read log events"))?,
-                ingestion_time: row.get(2).map_err(db("read log events"))?,
-                message,
-            });
         }
         if read.direction == ReadDirection::Backward {
             events.reverse();
         }
-        let (forward, backward) = match (events.first(), events.last()) {
+        let (mut forward, mut backward) = match (events.first(), events.last()) {
             (Some(first), Some(last)) => (last.position(), EventPosition::just_before(first)),
             _ => (read.boundary, read.boundary),
         };
+        // Stopped on the cap: the next page in this direction starts past what was scanned
+        // (those events are the stream's already in this page, or other streams').
+        if let Some(position) = stopped_at {
+            match read.direction {
+                ReadDirection::Forward => forward = position,
+                ReadDirection::Backward => {
+                    backward = EventPosition {
+                        timestamp: position.timestamp,
+                        id: position.id - 1,
+                    }
+                }
+            }
+        }
         Ok(StreamPage {
             events,
             forward,
@@ -1158,6 +1204,63 @@ mod tests {
             messages(&read(tail.forward, ReadDirection::Forward)),
             ["late"]
         );
+    }
+
+    #[test]
+    fn a_quiet_stream_among_busy_ones_is_read_in_capped_scans() {
+        let (_dir, store) = open();
+        let sink = store.sink();
+        // Two events of "quiet" around 50 of "busy": a scan capped at 10 takes several
+        // pages, some of them empty, whose tokens still move on.
+        sink.append("g", "quiet", vec![event(0, "first")]);
+        for t in 1..=50 {
+            sink.append("g", "busy", vec![event(t, "noise")]);
+        }
+        sink.append("g", "quiet", vec![event(100, "last")]);
+        sink.flush().unwrap();
+        for (direction, start) in [
+            (ReadDirection::Forward, EventPosition::before_time(i64::MIN)),
+            (
+                ReadDirection::Backward,
+                EventPosition::before_time_exclusive_end(i64::MAX),
+            ),
+        ] {
+            let mut boundary = start;
+            let mut messages = Vec::new();
+            let mut pages = 0;
+            loop {
+                let read = StreamRead {
+                    start_time: None,
+                    end_time: None,
+                    boundary,
+                    direction,
+                    limit: 100,
+                };
+                let page = store
+                    .stream_events_scanning("g", "quiet", &read, 10)
+                    .unwrap();
+                pages += 1;
+                assert!(pages < 20, "the tokens stopped moving");
+                let next = match direction {
+                    ReadDirection::Forward => page.forward,
+                    ReadDirection::Backward => page.backward,
+                };
+                let mut got: Vec<String> = page.events.into_iter().map(|e| e.message).collect();
+                if direction == ReadDirection::Backward {
+                    got.reverse();
+                }
+                messages.extend(got);
+                if next == boundary {
+                    break;
+                }
+                boundary = next;
+            }
+            if direction == ReadDirection::Backward {
+                messages.reverse();
+            }
+            assert_eq!(messages, ["first", "last"], "{direction:?}");
+            assert!(pages >= 5, "{direction:?}: {pages} pages");
+        }
     }
 
     #[test]
