@@ -37,6 +37,7 @@ mod log_relay;
 mod zygotes;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1147,17 +1148,22 @@ impl Engine {
             }
         };
         let billed = duration.as_nanos().div_ceil(1_000_000).max(1);
-        let head = format!(
-            "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB",
-            duration.as_secs_f64() * 1000.0,
+        // One allocation for the whole line (`Report::line` appends to it); durations in
+        // integer hundredths of a millisecond rather than through float formatting.
+        let mut head = String::with_capacity(192);
+        let _ = write!(
+            head,
+            "REPORT RequestId: {request_id}\tDuration: {} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB",
+            Milliseconds(duration),
             version.settings.memory_mb,
         );
         let mut report_tail = String::new();
         if let Some(init) = init {
-            report_tail.push_str(&format!(
-                "\tInit Duration: {:.2} ms",
-                init.duration.as_secs_f64() * 1000.0
-            ));
+            let _ = write!(
+                report_tail,
+                "\tInit Duration: {} ms",
+                Milliseconds(init.duration)
+            );
         }
         if let Some(status) = status {
             report_tail.push_str(&status);
@@ -1220,9 +1226,31 @@ impl Engine {
     }
 }
 
+/// A duration as REPORT lines write it: milliseconds with two decimals (`12.35`), rounded
+/// to the nearest hundredth.
+struct Milliseconds(Duration);
+
+impl std::fmt::Display for Milliseconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hundredths = (self.0.as_nanos() + 5_000) / 10_000;
+        write!(f, "{}.{:02}", hundredths / 100, hundredths % 100)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_durations_have_two_decimals() {
+        let text = |nanos| Milliseconds(Duration::from_nanos(nanos)).to_string();
+        assert_eq!(text(0), "0.00");
+        assert_eq!(text(4_999), "0.00");
+        assert_eq!(text(5_000), "0.01");
+        assert_eq!(text(1_234_567), "1.23");
+        assert_eq!(text(1_235_000), "1.24");
+        assert_eq!(text(12_345_678_901), "12345.68");
+    }
 
     #[test]
     fn routes_split_by_weight() {

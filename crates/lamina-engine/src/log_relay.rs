@@ -11,6 +11,7 @@
 //! It also keeps the text of the current invocation, whose last 4 KB an invoke with
 //! `X-Amz-Log-Type: Tail` returns.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,14 +69,17 @@ impl std::fmt::Debug for Report {
 }
 
 impl Report {
-    fn line(&self) -> String {
+    fn line(self) -> String {
         let used_mb = self.measured_mb.unwrap_or_else(|| {
             self.memory
                 .max_memory_used_bytes()
                 .map(|bytes| bytes.div_ceil(1024 * 1024))
                 .unwrap_or(0)
         });
-        format!("{}\tMax Memory Used: {used_mb} MB{}", self.head, self.tail)
+        let mut line = self.head;
+        let _ = write!(line, "\tMax Memory Used: {used_mb} MB");
+        line.push_str(&self.tail);
+        line
     }
 }
 
