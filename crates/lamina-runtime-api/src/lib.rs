@@ -289,18 +289,14 @@ async fn route(
                 let refusal = ClaimError::WrongRequestId(id.to_owned()).reply();
                 return refuse(connection, head, refusal).await;
             };
+            let in_flight = match claim(shared, &request_id) {
+                Ok(in_flight) => in_flight,
+                Err(refused) => return refuse(connection, head, refused.reply()).await,
+            };
             if kind == "response" {
-                let in_flight = match claim(shared, &request_id) {
-                    Ok(in_flight) => in_flight,
-                    Err(refused) => return refuse(connection, head, refused.reply()).await,
-                };
                 let body = connection.read_body(head, MAX_RESPONSE_BYTES).await?;
                 Ok(invocation_response(in_flight, body))
             } else {
-                let in_flight = match claim(shared, &request_id) {
-                    Ok(in_flight) => in_flight,
-                    Err(refused) => return refuse(connection, head, refused.reply()).await,
-                };
                 let body = connection.read_body(head, MAX_ERROR_BYTES).await?;
                 Ok(invocation_error(in_flight, head, body))
             }
