@@ -40,6 +40,7 @@ fn main() {
         SandboxOptions {
             state_dir: dir.path().join("state"),
             cgroup_parent: cgroup_parent.clone(),
+            socket_redirect: true,
         },
     )
     .unwrap();

@@ -543,6 +543,70 @@ async fn the_sandbox_isolates_the_function() {
     assert_eq!(connect.payload["connected"], false, "{}", connect.payload);
 }
 
+/// TCP segments the function's network namespace has sent, read by the function itself.
+async fn segments_sent_by_the_function(client: &aws_sdk_lambda::Client, name: &str) -> u64 {
+    let snmp = invoke(
+        client,
+        name,
+        json!({"action": "read", "path": "/proc/net/snmp"}),
+    )
+    .await
+    .payload;
+    let text = snmp["text"].as_str().unwrap_or_else(|| panic!("{snmp}"));
+    let mut tcp = text.lines().filter(|line| line.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let column = names
+        .split_whitespace()
+        .position(|name| name == "OutSegs")
+        .unwrap();
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// In the linux tier the Runtime API traffic goes socket to socket (BPF sockmap): the
+/// function's namespace sends no TCP segments per invoke; with `--socket-redirect off`
+/// every request and response is a segment.
+#[tokio::test]
+async fn runtime_api_traffic_skips_loopback_tcp_in_the_linux_tier() {
+    for (mode, redirected) in [("on", true), ("off", false)] {
+        let server = LaminaServer::start_with(&["--socket-redirect", mode]);
+        if !linux_tier(&server) {
+            eprintln!("SKIPPED: not root, so lamina runs the process tier");
+            return;
+        }
+        if redirected && !server.sandbox.contains("socket to socket") {
+            eprintln!(
+                "SKIPPED: the kernel refused the BPF programs: {}",
+                server.sandbox
+            );
+            return;
+        }
+        let client = server.client();
+        Deploy::new("redirected").create(&client).await;
+        let before = segments_sent_by_the_function(&client, "redirected").await;
+        for n in 0..40 {
+            let echoed = invoke(&client, "redirected", json!({"action": "echo", "n": n})).await;
+            assert_eq!(echoed.payload["n"], n, "{}", echoed.payload);
+        }
+        let sent = segments_sent_by_the_function(&client, "redirected").await - before;
+        if redirected {
+            assert!(
+                sent < 10,
+                "{sent} segments for 41 invokes with --socket-redirect on"
+            );
+        } else {
+            assert!(
+                sent >= 80,
+                "{sent} segments for 41 invokes with --socket-redirect off"
+            );
+        }
+    }
+}
+
 #[test]
 fn logs_are_readable_with_the_aws_cli() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
