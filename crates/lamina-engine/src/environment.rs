@@ -237,29 +237,19 @@ impl Environment {
         );
         let handle: Arc<dyn EnvironmentHandle> = Arc::from(started.handle);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let on_accept = started.runtime_api_redirect.map(|redirect| {
-            let environment_id = environment_id.clone();
-            Arc::new(move |socket: std::os::fd::BorrowedFd<'_>| {
-                if let Err(error) = redirect.register(socket) {
-                    // The connection works as before, through loopback TCP.
-                    tracing::debug!(%error, environment = %environment_id, "runtime api connection not carried socket to socket");
-                }
-            }) as lamina_runtime_api::AcceptHook
-        });
-        let runtime_api =
-            match lamina_runtime_api::serve(started.runtime_api_listener, on_accept, async {
-                let _ = stop_rx.await;
-            }) {
-                Ok(api) => api,
-                Err(source) => {
-                    handle.kill();
-                    handle.destroy();
-                    return Err(EngineError::Io {
-                        what: "serve the runtime api",
-                        source,
-                    });
-                }
-            };
+        let runtime_api = match lamina_runtime_api::serve(started.runtime_api_listener, async {
+            let _ = stop_rx.await;
+        }) {
+            Ok(api) => api,
+            Err(source) => {
+                handle.kill();
+                handle.destroy();
+                return Err(EngineError::Io {
+                    what: "serve the runtime api",
+                    source,
+                });
+            }
+        };
         let log_relay = match LogRelay::spawn(
             started.output,
             logs.clone(),

@@ -138,16 +138,11 @@ impl Shared {
     }
 }
 
-/// Called with each connection the Runtime API accepts, before anything is read from it or
-/// written to it (the sandbox registers it to carry its traffic socket to socket).
-pub type AcceptHook = Arc<dyn Fn(std::os::fd::BorrowedFd<'_>) + Send + Sync>;
-
 /// Starts serving the Runtime API on `listener` (already bound by the sandbox, inside the
 /// environment's network namespace). The server runs until the returned handle and every
 /// clone of it are dropped and the runtime disconnects, or until `shutdown` fires.
 pub fn serve(
     listener: std::net::TcpListener,
-    on_accept: Option<AcceptHook>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<RuntimeApi> {
     listener.set_nonblocking(true)?;
@@ -160,7 +155,7 @@ pub fn serve(
         in_flight: Mutex::new(None),
         init: init_tx,
     });
-    tokio::spawn(accept_runtimes(listener, on_accept, shared, shutdown));
+    tokio::spawn(accept_runtimes(listener, shared, shutdown));
     Ok(RuntimeApi {
         inbox: inbox_tx,
         init: init_rx,
@@ -171,7 +166,6 @@ pub fn serve(
 /// served by [`serve_connection`].
 async fn accept_runtimes(
     listener: tokio::net::TcpListener,
-    on_accept: Option<AcceptHook>,
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -191,10 +185,6 @@ async fn accept_runtimes(
         };
         // Small responses on a loopback keep-alive connection: Nagle would add 40 ms stalls.
         let _ = tcp.set_nodelay(true);
-        if let Some(on_accept) = &on_accept {
-            use std::os::fd::AsFd;
-            on_accept(tcp.as_fd());
-        }
         tokio::spawn(serve_connection(Connection::new(tcp), shared.clone()));
     }
 }
@@ -544,7 +534,7 @@ mod tests {
     fn start() -> (RuntimeApi, String) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let api = serve(listener, None, std::future::pending()).unwrap();
+        let api = serve(listener, std::future::pending()).unwrap();
         (api, addr)
     }
 

@@ -90,7 +90,6 @@ fn main() {
     let opts = SandboxOptions {
         state_dir: state.path().to_owned(),
         cgroup_parent: format!("lamina-bench-{}", std::process::id()),
-        socket_redirect: true,
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

@@ -40,7 +40,6 @@ fn main() {
         SandboxOptions {
             state_dir: dir.path().join("state"),
             cgroup_parent: cgroup_parent.clone(),
-            socket_redirect: true,
         },
     )
     .unwrap();

@@ -160,16 +160,6 @@ impl CgroupLayout {
         }
     }
 
-    /// The cgroup2 directory of `parent` (every environment's cgroup2 directory is below
-    /// it), where there is a cgroup2 mount.
-    pub(crate) fn cgroup2_dir(&self, parent: &str) -> Option<PathBuf> {
-        let root = match self {
-            CgroupLayout::V1 { unified, .. } => unified.as_ref()?,
-            CgroupLayout::V2 { root } => root,
-        };
-        Some(root.join(parent.trim_matches('/')))
-    }
-
     /// Every hierarchy root the environment cgroups live under.
     pub(crate) fn hierarchy_roots(&self) -> Vec<PathBuf> {
         match self {

@@ -31,7 +31,6 @@ mod net;
 mod prepared;
 mod process;
 mod seccomp;
-mod socket_redirect;
 mod spawner;
 mod sys;
 mod template;
@@ -42,7 +41,6 @@ use std::sync::Arc;
 
 pub use error::SandboxError;
 pub use prepared::{ClaimFailed, PreparedEnvironment};
-pub use socket_redirect::SocketRedirect;
 pub use template::{Template, TemplateSpec, VariablesSender};
 
 /// Which tier the caller asks for (`lamina serve --sandbox auto|linux|process`).
@@ -71,9 +69,6 @@ pub struct SandboxOptions {
     /// The cgroup (relative to each hierarchy's root) under which environments get theirs,
     /// e.g. `"lamina"`. On a pure cgroup v2 host it must be delegated to this process.
     pub cgroup_parent: String,
-    /// Linux tier: carry Runtime API traffic socket to socket with BPF
-    /// ([`SocketRedirect`]) where the kernel allows it, rather than through loopback TCP.
-    pub socket_redirect: bool,
 }
 
 /// Picks and opens a tier. `Auto` => linux when root + namespaces + cgroups really work
@@ -293,9 +288,6 @@ pub struct StartedEnvironment {
     pub runtime_api_listener: std::net::TcpListener,
     /// What `AWS_LAMBDA_RUNTIME_API` was set to, e.g. `127.0.0.1:9001`.
     pub runtime_api_address: String,
-    /// Where the server registers its end of each Runtime API connection it accepts, so
-    /// the kernel carries the traffic socket to socket (linux tier, when available).
-    pub runtime_api_redirect: Option<std::sync::Arc<SocketRedirect>>,
     /// Read end of the one pipe carrying the function's stdout and stderr.
     pub output: std::fs::File,
     pub handle: Box<dyn EnvironmentHandle>,

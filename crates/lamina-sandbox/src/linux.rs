@@ -51,8 +51,7 @@ use crate::sys;
 use crate::tmp_pool::{Ext4Pool, TmpLease, TmpStorage, TmpfsStorage};
 use crate::{
     Adoption, EnvironmentExit, EnvironmentHandle, EnvironmentSpec, PendingEnvironment,
-    PreparedSpec, Sandbox, SandboxError, SandboxOptions, SandboxTier, SocketRedirect,
-    StartedEnvironment,
+    PreparedSpec, Sandbox, SandboxError, SandboxOptions, SandboxTier, StartedEnvironment,
 };
 
 pub(crate) const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -76,8 +75,6 @@ pub(crate) struct LinuxSandbox {
     spawner: Spawner,
     /// Whether cgroup migrations skip the RCU grace period (see [`cgroup::favordynmods`]).
     favordynmods: Result<String, String>,
-    /// Runtime API connections carried socket to socket ([`SocketRedirect`]), or why not.
-    redirect: Result<Arc<SocketRedirect>, String>,
 }
 
 impl Drop for LinuxSandbox {
@@ -119,11 +116,6 @@ impl LinuxSandbox {
                 tracing::warn!(%err, "could not remove a stale environment cgroup");
             }
         }
-        let redirect = if opts.socket_redirect {
-            open_socket_redirect(&layout, &opts.cgroup_parent)
-        } else {
-            Err("turned off".to_owned())
-        };
         let root_dir = opts.state_dir.join("root");
         std::fs::create_dir_all(&root_dir)
             .map_err(|e| SandboxError::io("creating", &root_dir, e))?;
@@ -159,7 +151,6 @@ impl LinuxSandbox {
             tmp,
             spawner,
             favordynmods,
-            redirect,
         })
     }
 }
@@ -205,29 +196,6 @@ fn enable_favordynmods(mountinfo: &str) -> Result<String, String> {
         Err(reason) => {
             tracing::warn!(%reason, "cannot enable cgroup favordynmods; cgroup migrations stay slow");
             Err(reason)
-        }
-    }
-}
-
-/// Loads the programs that carry Runtime API traffic socket to socket
-/// ([`SocketRedirect`]) for every environment under the parent cgroup. Best effort: without
-/// them (no cgroup2 mount, a kernel before 5.15 or without BPF sockmap) the traffic takes
-/// loopback TCP, which works the same and costs more CPU.
-fn open_socket_redirect(
-    layout: &CgroupLayout,
-    parent: &str,
-) -> Result<Arc<SocketRedirect>, String> {
-    let Some(dir) = layout.cgroup2_dir(parent) else {
-        return Err("no cgroup2 mount to attach to".into());
-    };
-    match SocketRedirect::open(&dir) {
-        Ok(redirect) => {
-            tracing::debug!(cgroup = %dir.display(), "runtime api connections go socket to socket");
-            Ok(Arc::new(redirect))
-        }
-        Err(err) => {
-            tracing::warn!(%err, "cannot load the BPF programs that carry Runtime API traffic socket to socket; it goes through loopback TCP (more CPU per invoke)");
-            Err(err.to_string())
         }
     }
 }
@@ -602,12 +570,8 @@ impl Sandbox for LinuxSandbox {
             Ok(_) => "favordynmods".to_owned(),
             Err(reason) => format!("no favordynmods ({reason}): slow cgroup moves"),
         };
-        let redirect = match &self.redirect {
-            Ok(_) => "runtime api socket to socket".to_owned(),
-            Err(reason) => format!("runtime api over loopback tcp ({reason})"),
-        };
         format!(
-            "linux (namespaces mnt+pid+ipc+uts+net, {} {favor}, uid {SANDBOX_UID}, no capabilities, seccomp, {}, {redirect}, spawner process)",
+            "linux (namespaces mnt+pid+ipc+uts+net, {} {favor}, uid {SANDBOX_UID}, no capabilities, seccomp, {}, spawner process)",
             self.layout.describe(),
             self.tmp.describe()
         )
@@ -888,7 +852,6 @@ impl LinuxSandbox {
             StartedEnvironment {
                 runtime_api_listener: listener,
                 runtime_api_address: runtime_api,
-                runtime_api_redirect: self.redirect.as_ref().ok().cloned(),
                 output: spawned.output,
                 handle: Box::new(env),
             },
@@ -1174,7 +1137,6 @@ mod tests {
         let sandbox = LinuxSandbox::open(&SandboxOptions {
             state_dir: state.path().to_owned(),
             cgroup_parent: parent.clone(),
-            socket_redirect: true,
         })
         .unwrap();
         let spec = |n: u32| EnvironmentSpec {

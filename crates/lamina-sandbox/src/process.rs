@@ -114,7 +114,6 @@ impl Sandbox for ProcessSandbox {
         })?;
         Ok(StartedEnvironment {
             runtime_api_listener: listener,
-            runtime_api_redirect: None,
             runtime_api_address: address,
             output: out_r.into(),
             handle: Box::new(ProcessEnvironment {

@@ -69,7 +69,6 @@ impl Fixture {
             SandboxOptions {
                 state_dir: state.path().to_owned(),
                 cgroup_parent: cgroup_parent.clone(),
-                socket_redirect: true,
             },
         )
         .unwrap();
@@ -523,7 +522,6 @@ fn the_process_tier_says_it_cannot_adopt() {
         SandboxOptions {
             state_dir: task.path().to_owned(),
             cgroup_parent: "unused".into(),
-            socket_redirect: true,
         },
     )
     .unwrap();
@@ -553,7 +551,6 @@ fn process_tier_runs_with_the_same_contract() {
         SandboxOptions {
             state_dir: task.path().to_owned(),
             cgroup_parent: "unused".into(),
-            socket_redirect: true,
         },
     )
     .unwrap();

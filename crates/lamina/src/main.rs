@@ -107,13 +107,6 @@ struct ServeArgs {
     /// `--idle-timeout`.
     #[arg(long, env = "LAMINA_KEEP_ALIVE", default_value = "adaptive", value_parser = ["adaptive", "fixed"])]
     keep_alive: String,
-    /// `on` carries the Runtime API traffic between the server and each function socket to
-    /// socket with BPF (a sockhash and an `sk_msg` redirect; linux sandbox tier, Linux
-    /// 5.15+) instead of through loopback TCP/IP, which costs about half of the server's
-    /// CPU per invoke; `off` keeps plain TCP. Where the kernel refuses, the server says so
-    /// and uses TCP.
-    #[arg(long, env = "LAMINA_SOCKET_REDIRECT", default_value = "on", value_parser = ["on", "off"])]
-    socket_redirect: String,
     /// `on` forks Python cold starts from a pre-initialised interpreter per runtime (its
     /// zygote, linux sandbox tier only); `off` starts a fresh interpreter every time.
     #[arg(long, env = "LAMINA_ZYGOTE", default_value = "on", value_parser = ["on", "off"])]
@@ -331,7 +324,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // left under its parent by a crashed predecessor, and must not touch those of
             // another server running beside it.
             cgroup_parent: format!("lamina/{}", short_hash(&data_dir)),
-            socket_redirect: args.socket_redirect == "on",
         },
     )
     .context("cannot set up execution environments")?;
