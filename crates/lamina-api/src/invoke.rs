@@ -6,18 +6,16 @@
 //! `X-Amz-Log-Result` (base64 of the invocation's last 4 KB of log).
 //! This is the product's hot path: no blocking work, no database, one copy of the payload.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use lamina_engine::{Engine, InvokeRequest, MAX_SYNC_PAYLOAD_BYTES};
+use lamina_engine::{InvokeRequest, MAX_SYNC_PAYLOAD_BYTES};
 use lamina_model::{NameShape, RequestError, Violations};
 
-use crate::{ApiError, ControlPlane, query_pairs, query_value};
+use crate::{ApiError, query_pairs, query_value};
 
 /// AWS's limit on the encoded client context.
 const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
@@ -27,8 +25,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 pub async fn invoke(
-    State(control_plane): State<Arc<ControlPlane>>,
-    State(engine): State<Arc<Engine>>,
+    State(state): State<crate::AppState>,
     invocations: crate::async_invoke::MaybeAsync,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
@@ -37,13 +34,13 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let invocations = invocations.as_ref().map(|axum::Extension(i)| i.as_ref());
     invoke_function(
-        &control_plane,
-        &engine,
+        &state,
         invocations,
         name,
         query.as_deref(),
         &headers,
         body,
+        CallerTask::MayBeDropped,
     )
     .await
 }
@@ -56,9 +53,12 @@ pub fn invoke_target(request: &Request) -> Option<String> {
     if request.method() != Method::POST {
         return None;
     }
-    let name = request
-        .uri()
-        .path()
+    invoke_target_path(request.uri().path())
+}
+
+/// [`invoke_target`] for the path of a `POST` (without its query).
+pub(crate) fn invoke_target_path(path: &str) -> Option<String> {
+    let name = path
         .strip_prefix("/2015-03-31/functions/")?
         .strip_suffix("/invocations")?;
     if name.is_empty() || name.contains('/') {
@@ -70,6 +70,14 @@ pub fn invoke_target(request: &Request) -> Option<String> {
         .map(|decoded| decoded.into_owned())
 }
 
+/// Whether the task awaiting [`invoke_function`] may be dropped before the invocation
+/// ends (hyper drops a request's future when its caller hangs up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallerTask {
+    MayBeDropped,
+    RunsToTheEnd,
+}
+
 /// Invoke without the router, its middleware and its extractors: the same checks (the
 /// `Authorization` header's shape included), handler and answers as the routed
 /// operation, for the request [`invoke_target`] named.
@@ -79,32 +87,50 @@ pub async fn invoke_unrouted(
     name: String,
     request: Request,
 ) -> Response {
-    if let Err(refused) = crate::sigv4::credential(request.headers()) {
-        return refused.into_response();
-    }
     let (parts, body) = request.into_parts();
-    invoke_function(
-        &state.control_plane,
-        &state.engine,
+    invoke_unrouted_parts(
+        state,
         invocations,
         name,
         parts.uri.query(),
         &parts.headers,
         body,
+        CallerTask::MayBeDropped,
     )
     .await
-    .into_response()
 }
 
-async fn invoke_function(
-    control_plane: &Arc<ControlPlane>,
-    engine: &Arc<Engine>,
+/// [`invoke_unrouted`] for a request already taken apart (the server's own HTTP/1.1).
+pub(crate) async fn invoke_unrouted_parts(
+    state: &crate::AppState,
     invocations: Option<&crate::async_invoke::AsyncInvocations>,
     name: String,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
+    caller_task: CallerTask,
+) -> Response {
+    if let Err(refused) = crate::sigv4::credential(headers) {
+        return refused.into_response();
+    }
+    invoke_function(state, invocations, name, query, headers, body, caller_task)
+        .await
+        .into_response()
+}
+
+async fn invoke_function(
+    state: &crate::AppState,
+    invocations: Option<&crate::async_invoke::AsyncInvocations>,
+    name: String,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    caller_task: CallerTask,
 ) -> Result<Response, ApiError> {
+    let crate::AppState {
+        control_plane,
+        engine,
+    } = state;
     let qualifier = match query {
         None | Some("") => None,
         Some(query) => query_value(&query_pairs(Some(query))?, "Qualifier"),
@@ -163,13 +189,19 @@ async fn invoke_function(
                 client_context,
                 tail_log: log_type == "Tail",
             };
-            // The invocation runs to its end in its own task, as on AWS, even if the caller
-            // hangs up: dropping it half-way would strand a busy environment.
-            let engine = engine.clone();
-            let invocation = tokio::spawn(async move { engine.invoke(request).await });
-            let result = invocation.await.map_err(|e| ApiError::Internal {
-                detail: format!("invocation task failed: {e}"),
-            })??;
+            // The invocation runs to its end, as on AWS, even if the caller hangs up:
+            // dropping it half-way would strand a busy environment. A caller's task that
+            // may be dropped therefore runs it in a task of its own.
+            let result = match caller_task {
+                CallerTask::RunsToTheEnd => engine.invoke(request).await?,
+                CallerTask::MayBeDropped => {
+                    let engine = engine.clone();
+                    let invocation = tokio::spawn(async move { engine.invoke(request).await });
+                    invocation.await.map_err(|e| ApiError::Internal {
+                        detail: format!("invocation task failed: {e}"),
+                    })??
+                }
+            };
             let mut response = Response::new(Body::from(result.payload));
             let headers = response.headers_mut();
             headers.insert(

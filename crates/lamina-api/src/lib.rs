@@ -26,6 +26,7 @@ pub mod async_invoke;
 mod concurrency;
 pub mod error;
 mod invoke;
+pub mod server;
 pub mod service;
 pub mod sigv4;
 
@@ -189,6 +190,27 @@ impl LambdaApi {
             invocations,
             router,
         }
+    }
+
+    /// Invoke, for a request the server's own HTTP/1.1 read (see [`server`]), whose
+    /// connection task is never dropped before the answer is written.
+    pub(crate) async fn invoke(
+        &self,
+        name: String,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Response {
+        invoke::invoke_unrouted_parts(
+            &self.state,
+            Some(&self.invocations),
+            name,
+            query,
+            headers,
+            Body::from(payload),
+            invoke::CallerTask::RunsToTheEnd,
+        )
+        .await
     }
 
     pub async fn serve(&self, request: Request) -> Response {

@@ -487,26 +487,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
         // CloudWatch Logs (JSON 1.1, `POST /` with `X-Amz-Target`) and Lambda (REST-JSON)
         // share the port, as `aws logs tail` and `aws lambda` share one endpoint here.
-        let app = tower::service_fn(move |request: axum::extract::Request| {
-            let logs_api = logs_api.clone();
+        // Invoke is served past all of this (see `lamina_api::server`).
+        let every_other_request = {
             let lambda_api = lambda_api.clone();
-            async move {
-                use tower::ServiceExt as _;
-                if lamina_logs::is_logs_request(request.headers()) {
-                    logs_api.oneshot(request).await
-                } else {
-                    Ok(lambda_api.serve(request).await)
+            tower::service_fn(move |request: axum::extract::Request| {
+                let logs_api = logs_api.clone();
+                let lambda_api = lambda_api.clone();
+                async move {
+                    use tower::ServiceExt as _;
+                    if lamina_logs::is_logs_request(request.headers()) {
+                        logs_api.oneshot(request).await
+                    } else {
+                        Ok(lambda_api.serve(request).await)
+                    }
                 }
-            }
-        });
-        use axum::serve::ListenerExt as _;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, axum::ServiceExt::into_make_service(app))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server failed")?;
+            })
+        };
+        lamina_api::server::serve(listener, lambda_api, every_other_request, shutdown_signal())
+            .await;
         dispatcher.stop().await;
         let engine_for_shutdown = engine.clone();
         tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown()).await?;

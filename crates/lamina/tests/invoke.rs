@@ -842,3 +842,122 @@ async fn invoke_checks_signatures_and_decodes_names_as_every_operation_does() {
         "{headers:?}"
     );
 }
+
+/// A connection that only invokes is served by the server's own HTTP/1.1 (the hot path);
+/// one that carries anything else is handed to hyper, with what was read, at that request.
+/// Both must answer the same: a fresh `aws-sdk-lambda` client that only invokes (its
+/// first connection never sees another operation) against raw pipelined requests.
+#[tokio::test]
+async fn invoke_only_connections_answer_as_every_other_connection_does() {
+    use std::io::{Read as _, Write as _};
+    let server = LaminaServer::start();
+    Deploy::new("front").create(&server.client()).await;
+    let invoker = client_for(&server.endpoint);
+
+    let echoed = invoke(&invoker, "front", json!({"action": "echo", "n": 1})).await;
+    assert_eq!(echoed.status, 200);
+    assert_eq!(echoed.payload, json!({"action": "echo", "n": 1}));
+    assert_eq!(echoed.executed_version.as_deref(), Some("$LATEST"));
+    assert!(echoed.log.unwrap().contains("REPORT RequestId"));
+    let failed = invoke(
+        &invoker,
+        "front",
+        json!({"action": "error", "message": "no"}),
+    )
+    .await;
+    assert_eq!(failed.function_error.as_deref(), Some("Unhandled"));
+    let dry = invoker
+        .invoke()
+        .function_name("front")
+        .invocation_type(InvocationType::DryRun)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dry.status_code(), 204);
+    let event = invoker
+        .invoke()
+        .function_name("front")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(b"{}".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(event.status_code(), 202);
+    let (code, status, _) = aws_error(
+        invoker
+            .invoke()
+            .function_name("front")
+            .qualifier("7")
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code.as_str(), status), ("ResourceNotFoundException", 404));
+    let (code, status, _) = aws_error(
+        invoker
+            .invoke()
+            .function_name("front")
+            .payload(Blob::new(b"[1,".to_vec()))
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status),
+        ("InvalidRequestContentException", 400)
+    );
+    // Over the payload limit: hyper's to answer (it discards the body); later invokes on
+    // the same client still work.
+    let (code, status, _) = aws_error(
+        invoker
+            .invoke()
+            .function_name("front")
+            .payload(Blob::new(format!("\"{}\"", "x".repeat(6_300_000))))
+            .send()
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), status),
+        ("RequestEntityTooLargeException", 413)
+    );
+    let near_limit = "y".repeat(6_000_000);
+    let big = invoke(
+        &invoker,
+        "front",
+        json!({"action": "echo", "data": near_limit}),
+    )
+    .await;
+    assert_eq!(big.payload["data"].as_str().map(str::len), Some(6_000_000));
+
+    // Raw: two invokes pipelined in one write, then a GetFunction on the same connection
+    // (the hand-over), each answered in order.
+    let host = server.endpoint.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    let echo = |n: u32| {
+        let body = format!(r#"{{"action":"echo","n":{n}}}"#);
+        format!(
+            "POST /2015-03-31/functions/front/invocations HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    write!(
+        stream,
+        "{}{}GET /2015-03-31/functions/front HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        echo(1),
+        echo(2)
+    )
+    .unwrap();
+    let mut answers = String::new();
+    stream.read_to_string(&mut answers).unwrap();
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answers[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200"], "{answers}");
+    let first = answers.find(r#"{"action":"echo","n":1}"#).expect(&answers);
+    let second = answers.find(r#"{"action":"echo","n":2}"#).expect(&answers);
+    assert!(first < second, "{answers}");
+    assert!(answers.contains(r#""FunctionName":"front""#), "{answers}");
+    assert_eq!(answers.matches("\r\ndate: ").count(), 3, "{answers}");
+}
