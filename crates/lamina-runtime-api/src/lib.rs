@@ -34,6 +34,12 @@ pub const MAX_RESPONSE_BYTES: usize = 6_291_556;
 const MAX_ERROR_BYTES: usize = MAX_RESPONSE_BYTES;
 /// What a request to no endpoint, or to `next`, may carry (and is dropped).
 const MAX_OTHER_BODY_BYTES: usize = 64 * 1024;
+/// Every AWS runtime client keeps one connection alive; a few more are tolerated (a
+/// client that reconnects before the server has seen the old connection close, a
+/// `bootstrap` that runs `curl` per request). Past this many open at once, a connection is
+/// closed as soon as it is accepted: each one holds a descriptor of the server's, and an
+/// untrusted function must not be able to use them all up.
+pub const MAX_RUNTIME_CONNECTIONS: usize = 8;
 
 /// One invocation handed to the runtime.
 #[derive(Debug)]
@@ -170,6 +176,8 @@ async fn accept_runtimes(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let open = Arc::new(());
+    let mut refused_any = false;
     loop {
         let tcp = tokio::select! {
             _ = &mut shutdown => return,
@@ -183,9 +191,27 @@ async fn accept_runtimes(
                 }
             },
         };
+        // Each connection's task holds a clone of `open` while it lives.
+        if Arc::strong_count(&open) > MAX_RUNTIME_CONNECTIONS {
+            if !refused_any {
+                refused_any = true;
+                tracing::warn!(
+                    "runtime api: the function opened more than {MAX_RUNTIME_CONNECTIONS} \
+                     connections at once; further ones are closed as they arrive"
+                );
+            }
+            drop(tcp);
+            continue;
+        }
         // Small responses on a loopback keep-alive connection: Nagle would add 40 ms stalls.
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(Connection::new(tcp), shared.clone()));
+        let connection = Connection::new(tcp);
+        let shared = shared.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            serve_connection(connection, shared).await;
+            drop(open);
+        });
     }
 }
 
@@ -881,6 +907,47 @@ mod tests {
         .unwrap();
         assert_eq!(status, 200);
         assert!(head.contains("lambda-runtime-aws-request-id: after-hang-up"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_cap_are_closed_and_room_returns_when_one_ends() {
+        let (_api, addr) = start();
+        let unknown = "GET /2018-06-01/nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
+        let outcome = tokio::task::spawn_blocking(move || {
+            // Each connection answered once, so the server has taken it.
+            let mut open: Vec<_> = (0..MAX_RUNTIME_CONNECTIONS)
+                .map(|_| {
+                    let (mut stream, mut reader) = connect(&addr);
+                    stream.write_all(unknown.as_bytes()).unwrap();
+                    assert_eq!(read_response(&mut reader).0, 404);
+                    (stream, reader)
+                })
+                .collect();
+            let (mut extra, mut extra_reader) = connect(&addr);
+            extra
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = extra.write_all(unknown.as_bytes());
+            let mut rest = Vec::new();
+            let ended = match extra_reader.read_to_end(&mut rest) {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            };
+            let refused = ended && rest.is_empty();
+            // The ones within the cap still work.
+            let (stream, reader) = &mut open[0];
+            stream.write_all(unknown.as_bytes()).unwrap();
+            let still_served = read_response(reader).0;
+            // Closing one makes room for another.
+            open.pop();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (mut again, mut again_reader) = connect(&addr);
+            again.write_all(unknown.as_bytes()).unwrap();
+            (refused, still_served, read_response(&mut again_reader).0)
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, (true, 404, 404));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
