@@ -273,6 +273,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
+    raise_open_files_limit(args.concurrency_limit);
 
     // Wrong --runtime options stop the server before anything else happens.
     let mut runtimes = args.runtime.discover()?;
@@ -584,6 +585,53 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate => tracing::info!("SIGTERM received, shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+    }
+}
+
+/// Descriptors of the server's that one execution environment holds, with room to spare:
+/// its Runtime API listener and connection (the Runtime API takes at most eight at once),
+/// its output pipe, its pidfd and its memory-peak file: about six for a usual runtime.
+const DESCRIPTORS_PER_ENVIRONMENT: u64 = 8;
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for every Go
+/// program. The soft limit a shell or a service usually starts with (1,024) would stop the
+/// server at about 150 environments, far below the account's concurrency limit (1,000 by
+/// default), with `EMFILE` on accept and on environment starts. Functions do not inherit
+/// the raise in the linux tier, which gives each its own limit (1,024, as on Lambda); the
+/// process tier, which isolates nothing, passes it on.
+fn raise_open_files_limit(concurrency_limit: u32) {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // An unlimited hard limit still stops at the kernel's `nr_open`.
+    let ceiling = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    let limit = if soft < ceiling {
+        match setrlimit(Resource::RLIMIT_NOFILE, ceiling, hard) {
+            Ok(()) => ceiling,
+            Err(error) => {
+                tracing::warn!(%error, "cannot raise the open files limit from {soft}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let needed = u64::from(concurrency_limit) * DESCRIPTORS_PER_ENVIRONMENT + 1024;
+    if limit < needed {
+        tracing::warn!(
+            "the open files limit ({limit}) holds about {} execution environments, fewer \
+             than the account concurrency limit ({concurrency_limit}) asks for: raise the \
+             hard limit (`ulimit -Hn`, systemd's LimitNOFILE=) to {needed} or more",
+            limit.saturating_sub(1024) / DESCRIPTORS_PER_ENVIRONMENT
+        );
     }
 }
 
